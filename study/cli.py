@@ -1,0 +1,66 @@
+"""The `nctune` command line.
+
+Each sub-command lives in its own module that exposes `register(subparsers)`; this file only
+collects them and turns bad input into one clear line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from analysis.errors import InputError
+
+# Modules that add sub-commands, in the order `nctune --help` lists them.
+COMMAND_MODULES = [
+    "study.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nctune",
+        description="Hyperparameter studies of neural collapse and transfer (Ray Tune + Optuna "
+        "+ MLflow).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"nctune: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"nctune: error: {format_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nctune: interrupted", file=sys.stderr)
+        return 130
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the dotted field, the value given and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        value = err.get("input")
+        lines.append(f"{field}: {err['msg']} (got {value!r})")
+    return "invalid config: " + "; ".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

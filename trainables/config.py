@@ -1,0 +1,126 @@
+"""The trial config: the single source of truth for one Ray trial.
+
+The study config (`study.config`) groups it into sections (dataset, backbone, training,
+evaluation) for YAML presets; a trial receives it flattened, one key per field, which is also
+what Ray Tune's param_space and MLflow's params hold. Field names are unique across sections;
+the two `name` fields flatten to `dataset` and `backbone`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    """Which images, split how (see trainables.data)."""
+
+    name: str = "glyphs"
+    root: str | None = None  # folder with the files of a real data set
+    download: bool = False  # let torchvision download where it can (never in tests)
+    split_mode: Literal["random", "canonical"] = "random"
+    split_seed: int = 0
+    num_source_classes: int = Field(64, ge=2)
+    num_target_classes: int = Field(40, ge=2)
+    source_train_per_class: int = Field(15, ge=1)
+    source_test_per_class: int = Field(5, ge=1)
+    target_per_class: int = Field(20, ge=2)
+    image_size: int = Field(32, ge=8, le=512)
+    data_strength: float = Field(1.0, ge=0.0, le=3.0)  # within-class variety of generated sets
+
+
+class BackboneConfig(_Section):
+    """Which timm network (see trainables.backbones)."""
+
+    name: str = "resnet18"
+    width: float = Field(1.0, ge=0.125, le=8.0)
+    small_stem: bool = True  # 3x3 stride-1 stem, no max-pool: for 32x32 inputs
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainingConfig(_Section):
+    """How the backbone is pretrained on the source classes."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=2)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    aug_strength: float = Field(1.0, ge=0.0, le=3.0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = False
+    compile: bool = False
+
+
+class EvaluationConfig(_Section):
+    """What is measured every `eval_every` epochs (and always at the last one)."""
+
+    eval_every: int = Field(1, ge=1)
+    features_per_class: int = Field(50, ge=2)  # cap on source-train images per class
+    shapes: list[str] = Field(default_factory=lambda: ["5w1s", "5w5s"])
+    episodes: int = Field(600, ge=1)
+    queries: int = Field(15, ge=1)
+    classifiers: list[str] = Field(default_factory=lambda: ["ncc", "ncc_l2", "ncc_raw", "logreg"])
+    probe_episodes: int = Field(200, ge=1)  # episodes the (slower) logistic probe sees
+    episode_seed: int = 0
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "dataset": DatasetConfig,
+    "backbone": BackboneConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+}
+
+
+class TrialConfig(BaseModel):
+    """All four sections; `flat()` / `from_flat()` convert to and from the flat trial dict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """One key per field; `dataset.name` -> `dataset`, `backbone.name` -> `backbone`."""
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            for key, value in getattr(self, section).model_dump().items():
+                out[section if key == "name" else key] = value
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> TrialConfig:
+        """Inverse of `flat()`; unknown keys are an error."""
+        owner = flat_key_owner()
+        parts: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        unknown = sorted(k for k in flat if k not in owner)
+        if unknown:
+            raise ValueError(f"unknown trial config keys {unknown}; known: {sorted(owner)}")
+        for key, value in flat.items():
+            section, field = owner[key]
+            parts[section][field] = value
+        return cls.model_validate(parts)
+
+
+def flat_key_owner() -> dict[str, tuple[str, str]]:
+    """Map each flat key to its (section, field)."""
+    owner: dict[str, tuple[str, str]] = {}
+    for section, model in SECTIONS.items():
+        for field in model.model_fields:
+            owner[section if field == "name" else field] = (section, field)
+    return owner
