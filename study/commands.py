@@ -3,17 +3,124 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from analysis.errors import InputError
+
+DEFAULT_ROOT = "nctune-runs"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a study from a preset or YAML file")
-    p.add_argument("preset", nargs="?", default="demo", help="preset name or YAML file")
+    p = sub.add_parser("run", help="run a study from a preset or a YAML file",
+                       description="Run a study. Presets: see `nctune presets`.")
+    p.add_argument("preset", nargs="?", default="demo", help="preset name or YAML file "
+                   "(default: demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set training.lr=0.1 (repeatable)")
+    p.add_argument("--name", help="study name (default: the preset's)")
+    p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, "
+                   "else a local Ray)")
+    p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the resolved config; start nothing")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="resume a stopped or killed study where it stopped")
+    p.add_argument("name")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="storage root (default: nctune-runs)")
+    p.add_argument("--address")
+    p.add_argument("--no-report", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("ls", help="list studies with their status and best trial")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("show", help="a table of a study's trials")
+    p.add_argument("name")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("presets", help="list the presets that ship with nctune")
+    p.set_defaults(func=cmd_presets)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    print(
-        "nctune: the study driver is not written yet; this command will run the "
-        f"'{args.preset}' study once it exists."
-    )
+    from study.presets import dump_config, load_study_config
+
+    cfg = load_study_config(args.preset, args.overrides, args.name)
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+        return 0
+    from study.driver import run_study
+
+    state = run_study(cfg, address=args.address, report=not args.no_report)
+    return 0 if state.status == "completed" else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from study.driver import resume_study
+
+    state = resume_study(args.name, args.root, address=args.address,
+                         report=not args.no_report)
+    return 0 if state.status == "completed" else 1
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from study.driver import known_studies
+    from study.summary import render
+
+    rows = []
+    for name in known_studies(args.root):
+        state = json.loads((Path(args.root) / "studies" / name / "study.json").read_text())
+        rows.append([name, state["status"], str(state["num_samples"]), state["created"],
+                     best_of(name, state)])
+    if not rows:
+        print(f"No studies under {Path(args.root).resolve()}. Start one with `nctune run`.")
+        return 0
+    print(render(rows, ["study", "status", "trials", "created", "best"]))
+    return 0
+
+
+def best_of(name: str, state: dict) -> str:
+    from analysis.runs import load_study
+    from study.summary import best_trial
+
+    try:
+        study = load_study(name, state["tracking_uri"], state["experiment"])
+    except InputError:
+        return "?"
+    best = best_trial(study, state["metric"], state["mode"])
+    return f"{best[0]} {state['metric']}={best[1]:.3f}" if best else "-"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from analysis.runs import load_study
+    from study.driver import known_studies
+    from study.summary import best_trial, trials_table
+
+    folder = Path(args.root) / "studies" / args.name
+    if not (folder / "study.json").exists():
+        raise InputError(f"study: no study '{args.name}' under {folder.parent.resolve()}; "
+                         f"known: {', '.join(known_studies(args.root)) or 'none'}")
+    state = json.loads((folder / "study.json").read_text())
+    study = load_study(args.name, state["tracking_uri"], state["experiment"])
+    print(f"Study '{args.name}' ({state['status']}, {len(study.final)} of "
+          f"{state['num_samples']} trials logged)")
+    print(trials_table(study, state["metric"]))
+    best = best_trial(study, state["metric"], state["mode"])
+    if best:
+        print(f"\nBest: {best[0]} with {state['metric']} = {best[1]:.4f}")
+    for problem in study.problems:
+        print(f"  note: {problem}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from study.presets import list_presets, read_preset
+
+    for name in list_presets():
+        desc = str(read_preset(name).get("description", "")).strip().splitlines()
+        print(f"{name:22s} {desc[0] if desc else ''}")
     return 0

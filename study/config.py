@@ -1,0 +1,297 @@
+"""The study config: one validated object from a YAML preset plus `--set` overrides.
+
+Every bad key or value becomes one pydantic error naming the field before Ray starts. The four
+trial sections (dataset, backbone, training, evaluation) come from `trainables.config`; this module
+adds what only the driver needs: the search, its space, resources, tracking and storage.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from study.space import ParamSpec, check_space
+from trainables.config import (
+    BackboneConfig,
+    DatasetConfig,
+    EvaluationConfig,
+    TrainingConfig,
+    TrialConfig,
+    flat_key_owner,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_RULE = "1-64 characters from letters, digits, '_', '.', '-', starting with a letter or digit"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AshaConfig(_Section):
+    """Asynchronous successive halving over epochs (needs evaluation.eval_every = 1)."""
+
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class SearchConfig(_Section):
+    """How Optuna proposes trials and what it optimises."""
+
+    sampler: Literal["tpe", "random", "cmaes", "grid"] = "tpe"
+    num_samples: int | None = Field(None, ge=1)  # None: the grid's size, else 8
+    max_concurrent: int = Field(2, ge=1)
+    metric: str = "fewshot/5w5s/ncc/acc"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    asha: AshaConfig | None = None
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died
+
+
+class ResourcesConfig(_Section):
+    """What one trial holds; fractions allowed (0.25 GPU lets four trials share one)."""
+
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU per trial must be a whole number (Ray's rule)")
+        return v
+
+
+class TrackingConfig(_Section):
+    """Where MLflow writes. uri None: $MLFLOW_TRACKING_URI, else sqlite under storage.root."""
+
+    uri: str | None = None
+    experiment: str = Field("nctune", min_length=1)
+
+
+class StorageConfig(_Section):
+    """Local study folders under `root`; Ray results under `ray` (may be s3://, gs://, NFS)."""
+
+    root: str = "nctune-runs"
+    ray: str | None = None  # None: <root>/ray
+
+
+class StudyConfig(_Section):
+    """A whole study: what one trial does, what is searched and where it all goes."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "demo"
+    description: str = ""
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        check_registered(self.dataset.name, self.backbone.name)
+        check_space(self.space, self.trial_config().flat(), self.search.sampler)
+        check_evaluation(self.evaluation)
+        produced = produced_metrics(self.evaluation)
+        if self.search.metric not in produced:
+            raise ValueError(
+                f"search.metric: no trial reports '{self.search.metric}'; the evaluation "
+                f"section produces e.g. {', '.join(sorted(m for m in produced if '/acc' in m))}"
+            )
+        if self.search.asha is not None and self.evaluation.eval_every != 1:
+            raise ValueError(
+                "search.asha: successive halving compares trials every epoch, so it needs "
+                f"evaluation.eval_every = 1 (got {self.evaluation.eval_every})"
+            )
+        if self.search.sampler == "grid" and self.search.num_samples not in (
+            None,
+            grid_size(self.space),
+        ):
+            raise ValueError(
+                f"search.num_samples: a grid of {grid_size(self.space)} points runs each once; "
+                f"leave it unset or set it to {grid_size(self.space)} "
+                f"(got {self.search.num_samples})"
+            )
+        return self
+
+    def trial_config(self) -> TrialConfig:
+        return TrialConfig(
+            dataset=self.dataset,
+            backbone=self.backbone,
+            training=self.training,
+            evaluation=self.evaluation,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        if self.search.sampler == "grid":
+            return grid_size(self.space)
+        return self.search.num_samples or 8
+
+    def searched(self) -> list[str]:
+        """Flat keys that vary across trials (fixed specs are not searched)."""
+        return [k for k, spec in self.space.items() if spec.type != "fixed"]
+
+    # ---- paths -------------------------------------------------------------------------------
+    def root_dir(self) -> Path:
+        return Path(self.storage.root).expanduser().resolve()
+
+    def study_dir(self) -> Path:
+        return self.root_dir() / "studies" / self.name
+
+    def ray_storage(self) -> str:
+        if self.storage.ray is None:
+            return str(self.root_dir() / "ray")
+        if "://" in self.storage.ray:
+            return self.storage.ray
+        return str(Path(self.storage.ray).expanduser().resolve())
+
+    def tracking_uri(self) -> str:
+        return resolve_tracking_uri(self.tracking.uri, self.root_dir())
+
+
+def resolve_tracking_uri(uri: str | None, root: Path) -> str:
+    """The configured URI, else $MLFLOW_TRACKING_URI, else an absolute sqlite file under root."""
+    if uri:
+        return absolutize_sqlite(uri)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return absolutize_sqlite(env)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def absolutize_sqlite(uri: str) -> str:
+    """Trials chdir and Ray jobs run elsewhere: make relative sqlite paths absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def check_registered(dataset: str, backbone: str) -> None:
+    """Unknown data set or backbone names fail here, listing the known ones."""
+    from trainables.backbones import list_backbones
+    from trainables.data import list_datasets
+
+    if dataset not in list_datasets():
+        raise ValueError(f"dataset.name: '{dataset}' is not a known data set; known: "
+                         f"{', '.join(list_datasets())}")
+    if backbone not in list_backbones():
+        raise ValueError(f"backbone.name: '{backbone}' is not a known backbone; known: "
+                         f"{', '.join(list_backbones())}")
+
+
+SHAPE_RE = re.compile(r"^(\d+)w(\d+)s$")
+
+
+def check_evaluation(ev: EvaluationConfig) -> None:
+    from analysis.fewshot import list_classifiers
+
+    for shape in ev.shapes:
+        m = SHAPE_RE.match(shape)
+        if not m or int(m.group(1)) < 2 or int(m.group(2)) < 1:
+            raise ValueError(
+                f"evaluation.shapes: '{shape}' is not an episode shape; write <n>w<k>s with "
+                "n >= 2 ways and k >= 1 shots, e.g. 5w1s or 5w5s"
+            )
+    known = list_classifiers()
+    for clf in ev.classifiers:
+        if clf not in known:
+            raise ValueError(
+                f"evaluation.classifiers: '{clf}' is not a few-shot classifier; known: "
+                f"{', '.join(known)}"
+            )
+
+
+SPLITS = ("source_train", "source_test", "target")
+
+
+def produced_metrics(ev: EvaluationConfig) -> set[str]:
+    """Every metric name a trial with this evaluation section reports (DESIGN.md's table)."""
+    names = {"source/train_loss", "source/train_acc", "source/test_acc", "time/train_s",
+             "time/eval_s", "throughput/train_img_s", "nc3/source", "nc4/source_test"}
+    for split in SPLITS:
+        for family in ("cdnv", "cdnv_dir", "cdnv_unbiased", "nc1", "nc2_equinorm",
+                       "nc2_equiangle"):
+            names.add(f"{family}/{split}")
+    for shape in ev.shapes:
+        names.add(f"bound/{shape}")
+        for clf in ev.classifiers:
+            names.update({f"fewshot/{shape}/{clf}/acc", f"fewshot/{shape}/{clf}/ci95"})
+    return names
+
+
+def grid_size(space: dict[str, ParamSpec]) -> int:
+    size = 1
+    for spec in space.values():
+        if spec.type == "categorical":
+            size *= len(spec.values)
+    return size
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as a YAML scalar or list)."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--set: '{text}' is not key=value (e.g. training.lr=0.1)")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ValueError(f"--set: '{text}' names no field")
+    return path, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted path in a nested dict (creating sections); validation comes after."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {text}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def explain_error(err: Any) -> str:
+    """A pydantic error as `field: problem (got value)`, with a suggestion for unknown keys."""
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:  # whole-config checks already name their field
+        return msg
+    if err["type"] == "extra_forbidden":
+        known = known_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{field}: unknown key; {hint}known: {', '.join(known)}"
+    return f"{field}: {msg} (got {err.get('input')!r})"
+
+
+def known_keys(path: list[str]) -> list[str]:
+    """Field names of the section at `path` in the study config."""
+    model: Any = StudyConfig
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        if part == "space":
+            return sorted(flat_key_owner())
+        args = [a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")]
+        model = args[0] if args else model
+    return sorted(getattr(model, "model_fields", {}))

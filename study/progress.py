@@ -1,0 +1,101 @@
+"""A compact progress line for a running study (Ray 2.60 ignores custom progress reporters).
+
+Prints at most every `interval` seconds, and at every trial that ends:
+    [01:42] 3/8 finished · 2 running (t004 ep 3/6, t005 ep 1/8) · 0 failed · 0 diverged
+            · best fewshot/5w5s/ncc/acc 0.612 (t002)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+
+class ProgressPrinter(Callback):
+    """What a user watching the terminal needs: counts, each running trial's epoch, the best."""
+
+    def __init__(self, total: int, metric: str, mode: str, *, interval: float = 10.0,
+                 stream: TextIO | None = None,
+                 label_of: Callable[[str], str] | None = None) -> None:
+        self.total = total
+        self.metric = metric
+        self.mode = mode
+        self.interval = interval
+        self.stream = stream  # None: sys.stdout at write time (the callback is pickled)
+        self.start = time.monotonic()
+        self.last_print = 0.0
+        self.epochs: dict[str, tuple[int, int]] = {}
+        self.ended: dict[str, str] = {}
+        self.best: tuple[float, str] | None = None
+        self.labels: dict[str, str] = {}
+        self.label_of = label_of  # the tracker's numbering, so terminal and MLflow agree
+
+    def label(self, trial: Any) -> str:
+        if self.label_of is not None:
+            return self.label_of(trial.trial_id)
+        if trial.trial_id not in self.labels:
+            self.labels[trial.trial_id] = f"t{len(self.labels) + 1:03d}"
+        return self.labels[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.label(trial)
+        self.epochs.setdefault(trial.trial_id, (0, int(trial.config.get("epochs", 0))))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        epoch = int(result.get("epoch", 0))
+        self.epochs[trial.trial_id] = (epoch, int(trial.config.get("epochs", 0)))
+        value = result.get(self.metric)
+        if isinstance(value, int | float):
+            better = self.best is None or (
+                value > self.best[0] if self.mode == "max" else value < self.best[0]
+            )
+            if better:
+                self.best = (float(value), self.label(trial))
+        if result.get("trial_status") == "diverged":
+            self.ended[trial.trial_id] = "diverged"
+        self.maybe_print(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.setdefault(trial.trial_id, "done")
+        self.maybe_print(trials, force=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended[trial.trial_id] = "failed"
+        error = trial.get_error()
+        last = str(error).strip().splitlines()[-1] if error else "unknown error"
+        self.write(f"  {self.label(trial)} failed: {last[:200]}")
+        self.maybe_print(trials, force=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.maybe_print(trials)
+
+    def maybe_print(self, trials: list, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_print >= self.interval:
+            self.last_print = now
+            self.write(self.line(trials))
+
+    def line(self, trials: list) -> str:
+        running = [t for t in trials if t.status == "RUNNING"]
+        counts = {s: sum(1 for v in self.ended.values() if v == s)
+                  for s in ("done", "failed", "diverged")}
+        finished = len(self.ended)
+        shown = ", ".join(
+            f"{self.label(t)} ep {self.epochs.get(t.trial_id, (0, 0))[0]}/"
+            f"{self.epochs.get(t.trial_id, (0, 0))[1]}" for t in running[:4]
+        )
+        elapsed = int(time.monotonic() - self.start)
+        text = (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {finished}/{self.total} finished · "
+                f"{len(running)} running" + (f" ({shown})" if shown else "") +
+                f" · {counts['failed']} failed · {counts['diverged']} diverged")
+        if self.best:
+            text += f" · best {self.metric} {self.best[0]:.3f} ({self.best[1]})"
+        return text
+
+    def write(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)

@@ -1,0 +1,169 @@
+"""Run and resume studies: checks first, then Tuner(with_resources(pretrain), OptunaSearch, ...).
+
+Everything a bad config can break is checked before Ray starts or MLflow is written: the config
+itself (pydantic), the data set (built once on the driver, which also warms the node's cache),
+resources against this machine, and the tracking store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from analysis.errors import InputError
+from study.config import StudyConfig
+from study.presets import dump_config
+from study.space import fixed_values, optuna_space
+from study.tracking import dump_json, ensure_experiment, log_study_start
+from trainables.data import DataSplits, load_splits
+from trainables.evaluate import build_banks
+
+STATE_FILE = "study.json"
+
+
+@dataclass
+class StudyState:
+    """What `resume`, `ls` and `show` need to find a study again (studies/NAME/study.json)."""
+
+    name: str
+    status: str  # running, completed, stopped, failed
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    ray_path: str
+    created: str
+    num_samples: int
+    metric: str
+    mode: str
+    finished: str | None = None
+
+    def save(self, folder: Path) -> None:
+        tmp = folder / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, folder / STATE_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> StudyState:
+        return cls(**json.loads((folder / STATE_FILE).read_text()))
+
+
+def unique_name(cfg: StudyConfig) -> StudyConfig:
+    """`demo` exists already? Run as `demo-2` (and say so) rather than mixing two studies."""
+    if not (cfg.study_dir() / STATE_FILE).exists():
+        return cfg
+    base, i = cfg.name, 2
+    while (cfg.root_dir() / "studies" / f"{base}-{i}" / STATE_FILE).exists():
+        i += 1
+    return cfg.model_copy(update={"name": f"{base}-{i}"})
+
+
+def check_resources(cfg: StudyConfig, address: str | None) -> None:
+    """On a local run, a trial must fit this machine (a cluster is checked by Ray itself)."""
+    if address:
+        return
+    cpus = os.cpu_count() or 1
+    if cfg.resources.cpus_per_trial > cpus:
+        raise InputError(
+            f"resources.cpus_per_trial: {cfg.resources.cpus_per_trial} is more than this "
+            f"machine's {cpus} CPUs; no trial could start (use at most {cpus}, or --address "
+            "a cluster)"
+        )
+    if cfg.resources.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if cfg.resources.gpus_per_trial > max(gpus, 0) or gpus == 0:
+            raise InputError(
+                f"resources.gpus_per_trial: {cfg.resources.gpus_per_trial} but this machine has "
+                f"{gpus} GPU(s); set it to 0 here, or run on a cluster with --address"
+            )
+
+
+def absolute_paths(cfg: StudyConfig) -> StudyConfig:
+    """Trials chdir into their own folders: make every user path absolute on the driver."""
+    if cfg.dataset.root is None:
+        return cfg
+    root = str(Path(cfg.dataset.root).expanduser().resolve())
+    return cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": root})})
+
+
+def prepare_data(cfg: StudyConfig) -> tuple[DataSplits, dict[str, str]]:
+    """Build the data set once on the driver (bad paths fail here), and the episode banks."""
+    data = load_splits(cfg.dataset)
+    banks = build_banks(data.target, cfg.evaluation)
+    return data, {shape: bank.hash for shape, bank in banks.items()}
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except OSError:
+        pass
+    from importlib.metadata import version
+
+    return version("nctune")
+
+
+def start_tracking(cfg: StudyConfig, data: DataSplits, bank_hashes: dict[str, str]) -> StudyState:
+    """Create store, experiment and the parent run before any trial starts."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import check_tracking_uri
+
+    uri = cfg.tracking_uri()
+    check_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    exp_id = ensure_experiment(client, cfg.tracking.experiment, artifact_root(cfg, uri))
+    tags = {"nctune.searched": ",".join(cfg.searched()), "nctune.sampler": cfg.search.sampler,
+            "nctune.metric": cfg.search.metric, "nctune.mode": cfg.search.mode,
+            "nctune.code_version": code_version()}
+    params = {"sampler": cfg.search.sampler, "num_samples": cfg.num_samples,
+              "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric,
+              "mode": cfg.search.mode, "search_seed": cfg.search.seed,
+              "searched": ",".join(cfg.searched()), "dataset": cfg.dataset.name,
+              "backbone": cfg.backbone.name, "data_hash": data.manifest.get("hash", ""),
+              **{f"episode_bank/{s}": h for s, h in bank_hashes.items()}}
+    artifacts = {"config.yaml": dump_config(cfg),
+                 "space.json": dump_json({k: v.model_dump() for k, v in cfg.space.items()}),
+                 "manifest.json": dump_json({**data.manifest, "episode_banks": bank_hashes})}
+    description = cfg.description or f"nctune study '{cfg.name}'"
+    parent = log_study_start(client, exp_id, cfg.name, description, tags, params, artifacts)
+    return StudyState(name=cfg.name, status="running", tracking_uri=uri,
+                      experiment=cfg.tracking.experiment, experiment_id=exp_id,
+                      parent_run_id=parent, ray_path=cfg.ray_storage(),
+                      created=dt.datetime.now().isoformat(timespec="seconds"),
+                      num_samples=cfg.num_samples, metric=cfg.search.metric,
+                      mode=cfg.search.mode)
+
+
+def artifact_root(cfg: StudyConfig, uri: str) -> Path | None:
+    """Artifacts of the embedded sqlite store live beside it, not in ./mlruns of the cwd."""
+    return cfg.root_dir() / "artifacts" if uri.startswith("sqlite:") else None
+
+
+def write_study_files(cfg: StudyConfig, state: StudyState) -> Path:
+    folder = cfg.study_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    state.save(folder)
+    return folder
+
+
+def base_param_space(cfg: StudyConfig) -> dict[str, Any]:
+    """Constant trial keys (every flat key not searched), fixed specs applied."""
+    flat = cfg.trial_config().flat()
+    flat.update(fixed_values(cfg.space))
+    for key in optuna_space(cfg.space):
+        flat.pop(key, None)
+    return flat

@@ -1,0 +1,232 @@
+"""MLflow tracking from the driver: one parent run per study, one nested child run per trial.
+
+Trials never talk to the tracking store; this Ray Tune callback does, on the driver. That is what
+lets a cluster use the embedded sqlite store on the head node, and why only one process ever
+writes to it (sqlite's 'database is locked' cannot arise from concurrent trials).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+T = TypeVar("T")
+
+# Short aliases that make child run names tell trials apart at a glance in the MLflow UI.
+RUN_NAME_ALIASES = {
+    "weight_decay": "wd", "label_smoothing": "ls", "width": "w", "dropout": "do",
+    "drop_path": "dp", "epochs": "ep", "lr": "lr", "num_source_classes": "src",
+    "mixup_alpha": "mix", "aug_strength": "aug", "batch_size": "bs", "seed": "seed",
+    "source_train_per_class": "ipc",
+}
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+STATUS_TO_MLFLOW = {"completed": "FINISHED", "diverged": "FINISHED", "stopped": "KILLED",
+                    "failed": "FAILED"}
+
+
+def retry(fn: Callable[[], T], *, attempts: int = 6, first_wait: float = 0.5) -> T:
+    """Call `fn`, retrying with exponential backoff: a tracking server may blink mid-study."""
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """Create the experiment once (the training-runs view, not MLflow 3's GenAI view)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp.experiment_id, key, value)
+        return str(exp.experiment_id)
+    location = artifact_root.as_uri() if artifact_root is not None else None
+    return str(client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND))
+
+
+def run_name(index: int, config: dict[str, Any], searched: list[str]) -> str:
+    """`t007 wd=3e-04 ls=0.1 w=2`: the index and what differs between trials."""
+    parts = [f"t{index:03d}"]
+    for key in searched:
+        value = config.get(key)
+        text = f"{value:.2g}" if isinstance(value, float) else str(value)
+        parts.append(f"{RUN_NAME_ALIASES.get(key, key)}={text}")
+    return " ".join(parts)
+
+
+def flat_params(config: dict[str, Any]) -> list[Param]:
+    return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
+
+
+def finite_metrics(result: dict[str, Any], step: int) -> list[Metric]:
+    """The contract metrics of one result: numeric, finite, with '/' in their names."""
+    now = int(time.time() * 1000)
+    out = []
+    for key, value in result.items():
+        if "/" not in key or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out.append(Metric(key, float(value), now, step))
+    return out
+
+
+class MLflowTrialLogger(Callback):
+    """Logs every trial as a child run of the study's parent run; resumable without duplicates.
+
+    Its state (trial id -> run id, last logged step) is saved with the Tune experiment, so a
+    resumed study continues the same runs and skips steps already logged.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
+                 searched: list[str]) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.searched = searched
+        self.runs: dict[str, str] = {}
+        self.index: dict[str, int] = {}
+        self.last_step: dict[str, int] = {}
+        self.status: dict[str, str] = {}
+        self._client: MlflowClient | None = None
+        self._checked: set[str] = set()
+
+    def label(self, tid: str) -> str:
+        """The trial's short name, `t007`, shared by the terminal and MLflow run names."""
+        return f"t{self.index.get(tid, 0):03d}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with the experiment; a live client does not pickle.
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    # ---- Tune hooks -------------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid = trial.trial_id
+        if tid in self.runs:  # a restored or retried trial continues its run
+            retry(lambda: self.client.update_run(self.runs[tid], status="RUNNING"))
+            retry(lambda: self.client.set_tag(self.runs[tid], "nctune.status", "running"))
+            return
+        self.index[tid] = len(self.index) + 1
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "nctune.study": self.study,
+            "nctune.role": "trial",
+            "nctune.trial_id": tid,
+            "nctune.trial_index": str(self.index[tid]),
+            "nctune.status": "running",
+        }
+        name = run_name(self.index[tid], trial.config, self.searched)
+        run = retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        self.runs[tid] = run.info.run_id
+        self.last_step[tid] = 0
+        self._checked.add(tid)
+        run_id = run.info.run_id
+        params = flat_params(trial.config)  # < 100 keys: one batch
+        retry(lambda: self.client.log_batch(run_id, params=params))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        tid = trial.trial_id
+        if tid not in self.runs:
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._logged_step(tid):
+            return  # already logged before a restart: never duplicate a step
+        metrics = finite_metrics(result, step)
+        if metrics:
+            retry(lambda: self.client.log_batch(self.runs[tid], metrics=metrics))
+        self.last_step[tid] = step
+        if result.get("trial_status") == "diverged":
+            self.status[tid] = "diverged"
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        status = self.status.get(trial.trial_id)
+        if status is None:
+            epochs = int(trial.config.get("epochs", 0))
+            done = int((trial.last_result or {}).get("epoch", 0))
+            status = "completed" if done >= epochs else "stopped"
+        self._finish(trial.trial_id, status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        self._finish(trial.trial_id, "failed", error=str(error) if error else "unknown error")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in trials:  # trials Tune ended without a completion (e.g. a stop)
+            if trial.trial_id in self.runs and trial.trial_id not in self.status:
+                self._finish(trial.trial_id, "stopped")
+
+    # ---- state --------------------------------------------------------------------------------
+    def get_state(self) -> dict | None:
+        return {"runs": dict(self.runs), "index": dict(self.index),
+                "last_step": dict(self.last_step), "status": dict(self.status)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs = dict(state.get("runs", {}))
+        self.index = dict(state.get("index", {}))
+        self.last_step = dict(state.get("last_step", {}))
+        self.status = dict(state.get("status", {}))
+        self._checked = set()
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _logged_step(self, tid: str) -> int:
+        """The last logged step; after a driver restart, re-read it from the store once."""
+        if tid not in self._checked:
+            history = retry(lambda: self.client.get_metric_history(self.runs[tid],
+                                                                   "source/train_loss"))
+            stored = max((m.step for m in history), default=0)
+            self.last_step[tid] = max(self.last_step.get(tid, 0), stored)
+            self._checked.add(tid)
+        return self.last_step.get(tid, 0)
+
+    def _finish(self, tid: str, status: str, error: str | None = None) -> None:
+        if tid not in self.runs:
+            return
+        self.status[tid] = status
+        run_id = self.runs[tid]
+        tags = [RunTag("nctune.status", status)]
+        if error:
+            tags.append(RunTag("nctune.error", error.strip().splitlines()[-1][:500]))
+            text = error
+            retry(lambda: self.client.log_text(run_id, text, "error.txt"))
+        retry(lambda: self.client.log_batch(run_id, tags=tags))
+        retry(lambda: self.client.set_terminated(run_id, STATUS_TO_MLFLOW[status]))
+
+
+def log_study_start(client: MlflowClient, experiment_id: str, study: str, description: str,
+                    tags: dict[str, str], params: dict[str, Any],
+                    artifacts: dict[str, str]) -> str:
+    """Create the study's parent run with its config, space, manifest and code version."""
+    run = client.create_run(experiment_id, run_name=study,
+                            tags={"nctune.study": study, "nctune.role": "study",
+                                  "nctune.status": "running",
+                                  "mlflow.note.content": description, **tags})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    for name, text in artifacts.items():
+        client.log_text(run_id, text, name)
+    return str(run_id)
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,106 @@
+"""Tuner assembly with Ray 2.60's Tune API (ray.tune.report / RunConfig / Checkpoint).
+
+Train V2 is on by default in Ray 2.60: ray.train.report inside a Tune function fails the trial and
+ray.train.RunConfig crashes a Tuner, so everything here comes from ray.tune.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from study.config import StudyConfig
+from study.progress import ProgressPrinter
+from study.run import StudyState, base_param_space
+from study.space import optuna_space
+from study.tracking import MLflowTrialLogger
+from trainables.pretrain import pretrain
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that ignores results without the metric.
+
+    Trials report training metrics every epoch but evaluate only every `eval_every` epochs;
+    stock OptunaSearch indexes result[metric] on every result and would fail those.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, str) and self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    seed = cfg.search.seed
+    if cfg.search.sampler == "grid":
+        grid = {k: s.values for k, s in cfg.space.items() if s.type == "categorical"}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if cfg.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.search.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def trainable(cfg: StudyConfig) -> Any:
+    """The wrapped trainable; `resume` must build exactly the same one."""
+    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+    return tune.with_resources(pretrain, resources)
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"t{trial.trial_id}"  # short: deep paths break on some filesystems
+
+
+def callbacks(cfg: StudyConfig, state: StudyState) -> list[tune.Callback]:
+    tracker = MLflowTrialLogger(state.tracking_uri, state.experiment_id, state.parent_run_id,
+                                cfg.name, cfg.searched())
+    progress = ProgressPrinter(cfg.num_samples, cfg.search.metric, cfg.search.mode,
+                               label_of=tracker.label)
+    return [tracker, progress]
+
+
+def quiet_ray_output() -> None:
+    # Our own progress line replaces Ray's tables; results without the search metric (epochs
+    # that are not evaluated) are expected.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+
+
+def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
+    quiet_ray_output()
+    search = StudySearch(space=optuna_space(cfg.space), metric=cfg.search.metric,
+                         mode=cfg.search.mode, sampler=make_sampler(cfg))
+    scheduler = None
+    if cfg.search.asha is not None:
+        scheduler = ASHAScheduler(time_attr="epoch", metric=cfg.search.metric,
+                                  mode=cfg.search.mode, max_t=cfg.training.epochs,
+                                  grace_period=cfg.search.asha.grace_period,
+                                  reduction_factor=cfg.search.asha.reduction_factor)
+    tune_config = tune.TuneConfig(
+        search_alg=search, scheduler=scheduler, num_samples=cfg.num_samples,
+        max_concurrent_trials=cfg.search.max_concurrent, trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=cfg.name, storage_path=state.ray_path, callbacks=callbacks(cfg, state),
+        failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=0,
+    )
+    return tune.Tuner(trainable(cfg), param_space=base_param_space(cfg),
+                      tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
+    quiet_ray_output()
+    path = os.path.join(state.ray_path, cfg.name)
+    return tune.Tuner.restore(path, trainable=trainable(cfg), resume_errored=False,
+                              restart_errored=False, resume_unfinished=True)
+
+
+def can_restore(state: StudyState) -> bool:
+    return tune.Tuner.can_restore(os.path.join(state.ray_path, state.name))

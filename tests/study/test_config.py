@@ -1,0 +1,120 @@
+"""Bad configs: each is one clear error naming the field, exit 2, no Ray, no MLflow write."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from study.cli import main
+from study.config import StudyConfig, apply_overrides, produced_metrics
+from study.presets import list_presets, load_study_config
+
+BAD = [
+    (["--set", "colour=blue"], "colour: unknown key"),
+    (["--set", "training.wieght_decay=0.1"], "did you mean 'weight_decay'"),
+    (["--set", "training.epochs=many"], "training.epochs"),
+    (["--set", "space.lr.low=1.0", "--set", "space.lr.high=0.1"], "low (1.0) is greater than"),
+    (["--set", "training.weight_decay=-0.001"], "training.weight_decay"),
+    (["--set", "space.weight_decay.type=float", "--set", "space.weight_decay.low=-0.1"],
+     "space.weight_decay: -0.1 is not allowed"),
+    (["--set", "search.sampler=bayes"], "search.sampler"),
+    (["--set", "dataset.name=imagenet22k"], "dataset.name: 'imagenet22k' is not a known"),
+    (["--set", "backbone.name=vit_huge"], "backbone.name: 'vit_huge' is not a known"),
+    (["--set", "resources.cpus_per_trial=4096"], "resources.cpus_per_trial: 4096"),
+    (["--set", "resources.gpus_per_trial=1.5"], "resources.gpus_per_trial"),
+    (["--set", "search.metric=fewshot/10w5s/ncc/acc"], "search.metric: no trial reports"),
+    (["--set", "space.momentun.type=float"], "space.momentun"),
+    (["--name", "../../etc"], "name: String should match pattern"),
+    (["--set", "evaluation.shapes=[5w]"], "evaluation.shapes: '5w'"),
+    (["--set", "evaluation.classifiers=[svm]"], "evaluation.classifiers: 'svm'"),
+    (["--set", "search.sampler=grid"], "space.weight_decay: the grid sampler needs"),
+    (["--set", "search.asha.grace_period=1", "--set", "evaluation.eval_every=2"],
+     "search.asha"),
+    (["--set", "dataset.name=omniglot", "--set", "dataset.root=/no/such/folder"],
+     "dataset.root"),
+    (["--set", "dataset.num_source_classes=100000"], "num_source_classes"),
+    (["--set", "training.lr"], "--set: 'training.lr' is not key=value"),
+    (["--set", "search.num_samples=0"], "search.num_samples"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_config_is_one_clear_error(args, expected, tmp_path, capsys):
+    root = tmp_path / "runs"
+    code = main(["run", "demo", "--set", f"storage.root={root}", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert expected in err, err
+    assert err.count("nctune: error:") == 1
+    assert "Traceback" not in err
+    assert not ray.is_initialized(), "Ray must not start for a bad config"
+    assert not (root / "mlflow.db").exists(), "nothing may be written to MLflow"
+    assert not (root / "studies").exists()
+
+
+def test_unknown_preset_lists_the_presets(capsys):
+    assert main(["run", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "presets: " in err and "demo" in err
+
+
+def test_exit_code_from_the_console_script(tmp_path):
+    """The real entry point, as a user runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.cli", "run", "demo", "--set", "training.lr=-1",
+         "--set", f"storage.root={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "training.lr" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_validates(preset):
+    cfg = load_study_config(preset)
+    assert cfg.searched(), "a preset searches something"
+    assert cfg.search.metric in produced_metrics(cfg.evaluation)
+
+
+def test_demo_preset_meets_the_issue():
+    cfg = load_study_config("demo")
+    assert cfg.dataset.name == "glyphs"
+    assert cfg.num_samples >= 8
+    assert set(cfg.searched()) == {"weight_decay", "label_smoothing", "dropout", "width",
+                                   "epochs", "lr"}
+    low_epochs = cfg.space["epochs"].low
+    assert low_epochs is not None and low_epochs / cfg.evaluation.eval_every >= 4
+
+
+def test_sweeps_are_one_factor_grids_with_seeds():
+    for preset, factor in (("weight-decay-sweep", "weight_decay"),
+                           ("source-classes-sweep", "num_source_classes")):
+        cfg = load_study_config(preset)
+        assert cfg.search.sampler == "grid"
+        assert set(cfg.searched()) == {factor, "seed"}
+        assert len(cfg.space["seed"].values) >= 2
+        assert cfg.num_samples == len(cfg.space[factor].values) * len(cfg.space["seed"].values)
+
+
+def test_overrides_reach_nested_fields_and_parse_yaml_scalars():
+    cfg = load_study_config("demo", ["training.lr=0.3", "space.width.values=[1, 2]",
+                                     "evaluation.shapes=[5w1s]",
+                                     "search.metric=fewshot/5w1s/ncc/acc"], name="x")
+    assert cfg.name == "x" and cfg.training.lr == 0.3
+    assert cfg.space["width"].values == [1, 2]
+    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_resolved_config_round_trips(tmp_path):
+    from study.presets import dump_config
+
+    cfg = load_study_config("demo")
+    path = Path(tmp_path) / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_study_config(str(path)) == cfg
+    assert StudyConfig.model_validate(cfg.model_dump()) == cfg

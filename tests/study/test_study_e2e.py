@@ -1,0 +1,74 @@
+"""A real study end to end: local Ray, OptunaSearch, a sqlite MLflow store, tiny timm models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.config import produced_metrics
+from study.driver import run_study
+from tests.study.studies import tiny_study
+from trainables.config import TrialConfig
+
+pytestmark = pytest.mark.slow
+
+
+def children_of(client: MlflowClient, name: str):
+    exp = client.get_experiment_by_name("nctune")
+    parents = client.search_runs(
+        [exp.experiment_id], f"tags.`nctune.role` = 'study' and tags.`nctune.study` = '{name}'")
+    assert len(parents) == 1
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return exp, parent, children
+
+
+def test_three_trials_log_every_metric_at_every_epoch(tmp_path, local_ray):
+    cfg = tiny_study(tmp_path)
+    state = run_study(cfg, report=False)
+    assert state.status == "completed"
+    client = MlflowClient(state.tracking_uri)
+    exp, parent, children = children_of(client, "tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["nctune.status"] == "completed"
+    assert parent.data.tags["nctune.searched"] == "weight_decay,label_smoothing"
+    assert len(children) == 3
+    expected = produced_metrics(cfg.evaluation)
+    ray_configs = {
+        json.loads((p / "params.json").read_text())["weight_decay"]: json.loads(
+            (p / "params.json").read_text())
+        for p in (tmp_path / "ray" / "tiny").glob("t*") if (p / "params.json").exists()
+    }
+    assert len(ray_configs) == 3
+    for run in children:
+        tags = run.data.tags
+        assert tags["nctune.status"] == "completed"
+        assert tags["nctune.study"] == "tiny" and tags["nctune.role"] == "trial"
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert set(params) == set(TrialConfig().flat())
+        trial_config = ray_configs[float(params["weight_decay"])]
+        assert params == {k: str(v) for k, v in trial_config.items()}
+        assert run.info.run_name.startswith("t00") and "wd=" in run.info.run_name
+        for key in expected:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == [1, 2], (key, steps)
+    for artifact in ("config.yaml", "space.json", "manifest.json"):
+        assert artifact in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert (tmp_path / "studies" / "tiny" / "config.yaml").exists()
+
+
+def test_a_diverging_trial_is_marked_and_the_study_completes(tmp_path, local_ray):
+    cfg = tiny_study(tmp_path, name="diverge",
+                     search={"sampler": "grid", "num_samples": None},
+                     space={"lr": {"type": "categorical", "values": [1000.0, 0.05]}},
+                     training={"epochs": 3})
+    state = run_study(cfg, report=False)
+    assert state.status == "completed"
+    client = MlflowClient(state.tracking_uri)
+    _, _, children = children_of(client, "diverge")
+    status = {float(r.data.params["lr"]): r.data.tags["nctune.status"] for r in children}
+    assert status == {1000.0: "diverged", 0.05: "completed"}

@@ -1,0 +1,138 @@
+"""One evaluation of a trial: features once per split, then every metric of the contract.
+
+Features of source_train (capped per class), source_test and target come from one forward pass
+each in eval mode; every collapse and few-shot metric reads those tensors, so nothing is
+extracted twice. Names follow DESIGN.md's metric table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from analysis.collapse import collapse_metrics
+from analysis.fewshot import (
+    EpisodeBank,
+    evaluate_episodes,
+    ncc_error_bound,
+    parse_shape,
+    sample_episodes,
+)
+from trainables.augment import normalize
+from trainables.config import EvaluationConfig
+from trainables.data import DataSplits, Split
+
+COLLAPSE_KEYS = ("cdnv", "cdnv_dir", "cdnv_unbiased", "nc1", "nc2_equinorm", "nc2_equiangle")
+
+
+class DivergedError(RuntimeError):
+    """The model's features are no longer finite numbers: the trial has diverged."""
+
+
+@dataclass
+class Features:
+    features: torch.Tensor  # (N, d) float32
+    logits: torch.Tensor  # (N, num_source_classes)
+    labels: torch.Tensor  # (N,) int64
+
+
+def capped_indices(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """The first `per_class` images of each class (deterministic, no loop over classes)."""
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    first = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+    rank = torch.arange(len(labels)) - first
+    return torch.sort(order[rank < per_class]).values
+
+
+@torch.inference_mode()
+def extract(model: torch.nn.Module, split: Split, device: torch.device, *,
+            index: torch.Tensor | None = None, batch_size: int = 256,
+            amp: bool = False, channels_last: bool = False) -> Features:
+    """Penultimate features and logits of a split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    idx = index if index is not None else torch.arange(len(split.labels))
+    feats, logits = [], []
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start : start + batch_size]
+        x = normalize(split.images[batch].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            f = model.features(x)  # type: ignore[operator]
+        f = f.float()
+        feats.append(f)
+        logits.append(model.classifier(f).float())  # type: ignore[operator]
+    model.train(was_training)
+    out = Features(torch.cat(feats), torch.cat(logits), split.labels[idx].to(device))
+    if not torch.isfinite(out.features).all():
+        raise DivergedError("non-finite features")
+    return out
+
+
+def build_banks(target: Split, ev: EvaluationConfig) -> dict[str, EpisodeBank]:
+    """The study's fixed episode banks: the same seed and target split give every trial the
+    same episodes, so trials are compared on identical tasks."""
+    banks = {}
+    for shape in ev.shapes:
+        n_way, k_shot = parse_shape(shape)
+        banks[shape] = sample_episodes(target.labels, n_way=n_way, k_shot=k_shot,
+                                       q_query=ev.queries, episodes=ev.episodes,
+                                       seed=ev.episode_seed)
+    return banks
+
+
+def evaluate(model: torch.nn.Module, data: DataSplits, banks: dict[str, EpisodeBank],
+             ev: EvaluationConfig, device: torch.device, *, amp: bool = False,
+             channels_last: bool = False) -> dict[str, float]:
+    """Every evaluation metric of DESIGN.md's table for the model as it is now."""
+    start = time.perf_counter()
+    cap = capped_indices(data.source_train.labels, ev.features_per_class)
+    src = extract(model, data.source_train, device, index=cap, amp=amp,
+                  channels_last=channels_last)
+    test = extract(model, data.source_test, device, amp=amp, channels_last=channels_last)
+    tgt = extract(model, data.target, device, amp=amp, channels_last=channels_last)
+    out: dict[str, float] = {
+        "source/test_acc": (test.logits.argmax(1) == test.labels).float().mean().item()
+    }
+    weight = model.classifier.weight.detach().float()  # type: ignore[union-attr,operator]
+    src_metrics = collapse_metrics(src.features, src.labels, classifier_weight=weight)
+    src_means = class_means(src.features, src.labels, len(data.source_train.class_names))
+    test_metrics = collapse_metrics(test.features, test.labels, logits=test.logits,
+                                    means_for_nc4=src_means)
+    tgt_metrics = collapse_metrics(tgt.features, tgt.labels)
+    for split, metrics in (("source_train", src_metrics), ("source_test", test_metrics),
+                           ("target", tgt_metrics)):
+        out.update({f"{key}/{split}": float(metrics[key]) for key in COLLAPSE_KEYS})
+    out["nc3/source"] = float(src_metrics["nc3"])
+    out["nc4/source_test"] = float(test_metrics["nc4"])
+    center = src.features.mean(0)
+    for shape, bank in banks.items():
+        out.update(fewshot_metrics(tgt.features, bank, shape, ev, center))
+        n_way, k_shot = parse_shape(shape)
+        out[f"bound/{shape}"] = float(ncc_error_bound(out["cdnv/target"], n_way, k_shot))
+    out["time/eval_s"] = time.perf_counter() - start
+    return out
+
+
+def fewshot_metrics(features: torch.Tensor, bank: EpisodeBank, shape: str,
+                    ev: EvaluationConfig, center: torch.Tensor) -> dict[str, float]:
+    out = {}
+    for clf in ev.classifiers:
+        limit = ev.probe_episodes if clf == "logreg" else None
+        res = evaluate_episodes(features, bank, clf, center=center, max_episodes=limit)
+        out[f"fewshot/{shape}/{clf}/acc"] = float(res.mean)
+        out[f"fewshot/{shape}/{clf}/ci95"] = float(res.ci95)
+    return out
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class mean features (float64), for NC4's nearest-class-centre rule."""
+    f = features.double()
+    sums = torch.zeros(num_classes, f.shape[1], dtype=f.dtype, device=f.device)
+    sums.index_add_(0, labels, f)
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(f.dtype)
+    return sums / counts[:, None]

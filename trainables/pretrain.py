@@ -1,0 +1,186 @@
+"""The Ray Tune function trainable: pretrain one backbone and measure collapse and transfer.
+
+Linear flow, nanoGPT style: config -> seeds, threads, device -> data -> backbone -> optimiser ->
+(resume) -> for each epoch: train, maybe evaluate, report with a checkpoint. A loss that turns
+NaN/inf ends the trial as `diverged` with one report; it never raises.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ray import tune
+
+from trainables.augment import BatchAugment, mixup, normalize
+from trainables.backbones import create_backbone
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.config import TrialConfig
+from trainables.data import DataSplits, load_splits
+from trainables.evaluate import DivergedError, build_banks, evaluate
+from trainables.optim import build_optimizer, build_scheduler
+
+
+def pretrain(config: dict[str, Any]) -> None:
+    """Ray Tune entry point: `config` is the flat trial config (TrialConfig.flat())."""
+    cfg = TrialConfig.from_flat(config)
+    trainer = Trainer(cfg, threads=trial_threads(), device=pick_device(cfg.training.device))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.restore(folder)
+    trainer.fit(report_to_tune)
+
+
+def report_to_tune(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    if state is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(state, folder)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def trial_threads() -> int:
+    """torch threads = the trial's CPU share (so concurrent trials don't oversubscribe)."""
+    try:
+        resources = tune.get_context().get_trial_resources().required_resources
+        return max(1, int(resources.get("CPU", 1)))
+    except Exception:  # outside a Tune session (tests, benchmarks)
+        return max(1, torch.get_num_threads())
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """State of one trial's pretraining, kept apart from Ray so tests can drive it directly."""
+
+    def __init__(self, cfg: TrialConfig, *, threads: int, device: torch.device) -> None:
+        torch.set_num_threads(threads)
+        seed_everything(cfg.training.seed)
+        self.cfg, self.device, self.threads = cfg, device, threads
+        self.data: DataSplits = load_splits(cfg.dataset)
+        if device.type == "cuda":  # data lives on the GPU: no loader, no pinned memory
+            self.data = self.data.to(device)
+        self.num_classes = len(self.data.source_train.class_names)
+        bb = cfg.backbone
+        self.model = create_backbone(
+            bb.name, num_classes=self.num_classes,
+            in_chans=int(self.data.source_train.images.shape[1]), width=bb.width,
+            small_stem=bb.small_stem, drop_rate=bb.dropout, drop_path_rate=bb.drop_path,
+        ).to(device)
+        if cfg.training.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.training.compile else self.model
+        n = len(self.data.source_train.labels)
+        self.steps_per_epoch = max(1, n // min(cfg.training.batch_size, n))
+        self.optimizer = build_optimizer(self.model, cfg.training)
+        self.scheduler = build_scheduler(self.optimizer, cfg.training, self.steps_per_epoch)
+        self.augment = BatchAugment(cfg.dataset.image_size, mode="pad_crop", flip=False,
+                                    strength=cfg.training.aug_strength)
+        self.banks = {k: b.to(device) for k, b in build_banks(self.data.target,
+                                                               cfg.evaluation).items()}
+        self.epoch = 0
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch}
+
+    def restore(self, folder: str) -> None:
+        state = load_checkpoint(folder)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def diverged(self, loss: float) -> bool:
+        """A non-finite loss, or one 10x that of chance (ln C): the weights have blown up
+        (lr = 1e3 gives losses of ~1e7 with finite weights, then overflowing features)."""
+        return not np.isfinite(loss) or loss > 10 * np.log(self.num_classes)
+
+    def fit(self, report: Any) -> None:
+        cfg = self.cfg
+        while self.epoch < cfg.training.epochs:
+            self.epoch += 1
+            metrics = self.train_epoch()
+            metrics["epoch"] = self.epoch
+            last = self.epoch == cfg.training.epochs
+            try:
+                if self.diverged(metrics["source/train_loss"]):
+                    raise DivergedError(metrics["source/train_loss"])
+                if last or self.epoch % cfg.evaluation.eval_every == 0:
+                    metrics.update(evaluate(self.model, self.data, self.banks, cfg.evaluation,
+                                            self.device, amp=cfg.training.amp,
+                                            channels_last=cfg.training.channels_last))
+            except DivergedError:
+                report({"epoch": self.epoch, "trial_status": "diverged"}, None)
+                return
+            report({**metrics, "trial_status": "completed" if last else "running"},
+                   self.state())
+
+    def epoch_generator(self) -> torch.Generator:
+        """Shuffling, augmentation and mixup draw from (seed, epoch) alone, so a trial resumed
+        from a checkpoint sees exactly the batches an uninterrupted one would."""
+        torch.manual_seed(self.cfg.training.seed * 100_003 + self.epoch)  # dropout, drop-path
+        return torch.Generator().manual_seed(self.cfg.training.seed * 1_000_003 + self.epoch)
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, split = self.cfg.training, self.data.source_train
+        gen = self.epoch_generator()
+        order = torch.randperm(len(split.labels), generator=gen)
+        batch = min(cfg.batch_size, len(order))
+        self.model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        for step in range(self.steps_per_epoch):
+            idx = order[step * batch : (step + 1) * batch]
+            images = split.images[idx.to(split.images.device)].to(self.device, non_blocking=True)
+            labels = split.labels[idx.to(split.labels.device)].to(self.device)
+            loss, hits = self.train_step(images, labels, gen)
+            loss_sum += loss.detach() * len(idx)
+            correct += hits
+            seen += len(idx)
+            if step % 20 == 19 and self.diverged((loss_sum / seen).item()):
+                break  # diverged: stop spending compute on NaNs
+        elapsed = time.perf_counter() - start
+        return {"source/train_loss": (loss_sum / max(seen, 1)).item(),
+                "source/train_acc": (correct / max(seen, 1)).item(),
+                "time/train_s": elapsed, "throughput/train_img_s": seen / max(elapsed, 1e-9)}
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg.training
+        x = self.augment(images, gen) if cfg.aug_strength > 0 else normalize(images)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target: torch.Tensor = labels
+        if cfg.mixup_alpha > 0:
+            x, target = mixup(x, labels, cfg.mixup_alpha, self.num_classes, gen)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        hits = (logits.detach().argmax(1) == labels).sum()
+        return loss, hits
