@@ -266,6 +266,10 @@ def test_too_few_classes_give_nan_not_an_error():
     x, y = random_split(10, c=3)
     out = collapse_metrics(x[y == 0], y[y == 0])
     assert np.isnan(out["cdnv"]) and np.isnan(out["nc1"]) and np.isnan(out["cdnv_dir"])
+    singles = collapse_metrics(x[:3], torch.arange(3), classifier_weight=torch.ones(3, 12))
+    assert singles["excluded_classes"] == 3 and np.isnan(singles["nc3"])
+    empty = collapse_metrics(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    assert np.isnan(empty["cdnv"]) and empty["excluded_classes"] == 1
 
 
 def test_close_means_keep_their_precision():
