@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+import analysis.fewshot_logreg  # noqa: F401  (registers "logreg")
 from analysis.errors import InputError
 from analysis.fewshot_classifiers import (
     FewShotClassifier,

@@ -89,7 +89,7 @@ def test_gram_and_gather_agree_in_float32() -> None:
         assert (a.accuracies - b.accuracies).abs().sum() * 75 <= 5
 
 
-@pytest.mark.parametrize("classifier", ["ncc", "ncc_raw", "ncc_l2"])
+@pytest.mark.parametrize("classifier", ["ncc", "ncc_raw", "ncc_l2", "logreg"])
 def test_accuracy_is_one_on_separated_clusters(classifier: str) -> None:
     x, labels = _clusters(10, 20, 32, noise=0.01, seed=2, dtype=torch.float32)
     bank = sample_episodes(labels, n_way=5, k_shot=1, q_query=10, episodes=100, seed=1)
@@ -162,7 +162,7 @@ def test_ncc_invariances(seed: int, shift: float, scale: float) -> None:
 
 
 def test_registry_lists_and_creates_classifiers(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert {"ncc", "ncc_l2", "ncc_raw"} <= set(list_classifiers())
+    assert {"ncc", "ncc_l2", "ncc_raw", "logreg"} <= set(list_classifiers())
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     @register_classifier("always_way0")
