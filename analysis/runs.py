@@ -1,0 +1,379 @@
+"""Load one study from MLflow into tidy pandas frames.
+
+The layout is the one `study.tracking` writes (see the contract): a parent run per study tagged
+`nctune.role=study`, a nested child run per trial, params = the flat trial config (as strings),
+metrics with step = epoch. Nothing here writes to the store.
+
+Frames of a `StudyRuns`:
+    trials   one row per trial: meta (trial_index, run_id, status, ...), flags, params
+    history  one row per (trial, epoch): meta + one column per metric (NaN where not logged)
+    final    one row per trial at its final evaluated epoch: meta, flags, params, metrics
+
+Failed, diverged, stopped and incomplete trials are kept and flagged; `usable` says which trials
+the cross-trial analysis uses and `note` says why the others are left out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import InputError
+
+DEFAULT_EXPERIMENT = "nctune"
+# Metric whose steps define "an epoch was trained" and whose non-finite values mean divergence.
+TRAIN_METRIC = "source/train_loss"
+# Metrics that exist only at evaluation epochs; the final row is the last epoch that has one.
+EVAL_METRIC = "cdnv/target"
+USABLE_STATUSES = ("completed", "stopped")
+META = ["trial_index", "run_id", "run_name", "trial_id", "status"]
+# MLflow's SQL stores replace +/-inf by +/-max float64; map them back so divergence shows.
+_INF_SENTINEL = 1e308
+_MLFLOW_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "stopped"}
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    """One study as loaded from MLflow.
+
+    Attributes:
+        name: the study name (parent run name and `nctune.study` tag).
+        tracking_uri: where it was read from.
+        experiment: MLflow experiment name.
+        parent_run_id: id of the study's parent run (reports are logged there).
+        tags: the parent run's tags.
+        searched: flat config keys the study searched (tag `nctune.searched`, else the params
+            that vary across trials).
+        trials: one row per trial (see module docstring).
+        history: one row per (trial, epoch).
+        final: one row per trial at its final evaluated epoch.
+        problems: plain-language notes on trials that are flagged or left out.
+    """
+
+    name: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    tags: dict[str, str]
+    searched: list[str]
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    final: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> pd.DataFrame:
+        """Final rows of the trials the cross-trial analysis uses."""
+        return self.final[self.final["usable"]].reset_index(drop=True)
+
+    @property
+    def usable_history(self) -> pd.DataFrame:
+        """(trial, epoch) rows of the usable trials."""
+        keep = set(self.usable["trial_index"])
+        return self.history[self.history["trial_index"].isin(keep)].reset_index(drop=True)
+
+    @property
+    def params(self) -> list[str]:
+        """Param columns (the flat trial config keys) present in `trials`."""
+        return [c for c in self.trials.columns if c not in META and c not in _FLAG_COLUMNS]
+
+
+_FLAG_COLUMNS = [
+    "error", "planned_epochs", "last_epoch", "final_epoch", "eval_epochs", "missing_epochs",
+    "diverged", "incomplete", "usable", "note",
+]
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The URI to read: `uri`, else MLFLOW_TRACKING_URI, else the default sqlite store."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'nctune-runs' / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri: str, *, must_exist: bool = False, timeout_s: float = 3.0) -> None:
+    """Fail fast with an InputError when the store behind `uri` cannot be reached.
+
+    MLflow's REST client retries for minutes against a dead server, and its sqlite store
+    silently creates an empty database at a mistyped path; both are worse than one clear line.
+
+    Args:
+        uri: the tracking URI.
+        must_exist: a local store (sqlite file, mlruns folder) must already exist, as it must
+            for reading a study; a writer (a new study) may create it.
+        timeout_s: how long to wait for a tracking server to answer.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme.startswith("sqlite"):
+        path = uri.split(":///", 1)[1] if ":///" in uri else ""
+        if must_exist and (path in ("", ":memory:") or not Path(path).is_file()):
+            raise InputError(
+                f"tracking URI {uri!r}: no MLflow database at {path or '(no path)'!r}; "
+                "pass --tracking-uri or set MLFLOW_TRACKING_URI to the store the study wrote"
+            )
+    elif scheme in ("http", "https"):
+        probe = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answered; an older server may just lack /health
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise InputError(
+                f"tracking URI {uri!r}: no MLflow server answers ({reason}); "
+                "start it or pass the right --tracking-uri"
+            ) from None
+    elif scheme in ("", "file") and must_exist:
+        path = parsed.path if scheme == "file" else uri
+        if not Path(path).is_dir():
+            raise InputError(f"tracking URI {uri!r}: no MLflow store folder at {path!r}")
+
+
+def load_study(name: str, tracking_uri: str | None = None,
+               experiment: str | None = None) -> StudyRuns:
+    """Read study `name` from MLflow.
+
+    Args:
+        name: study name (the parent run's `nctune.study` tag).
+        tracking_uri: any MLflow tracking URI; default `resolve_tracking_uri()`.
+        experiment: experiment name; default "nctune".
+
+    Raises:
+        InputError: unreachable store, unknown experiment or unknown study.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri, must_exist=True)
+    experiment = experiment or DEFAULT_EXPERIMENT
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            known = sorted(e.name for e in client.search_experiments())
+            raise InputError(
+                f"experiment {experiment!r} not found at {uri}; experiments there: {known}"
+            )
+        parents = _search_all(
+            client, exp.experiment_id,
+            f"tags.`nctune.role` = 'study' and tags.`nctune.study` = '{_quote(name)}'",
+        )
+        if not parents:
+            known = sorted({r.data.tags.get("nctune.study", r.info.run_name) for r in _search_all(
+                client, exp.experiment_id, "tags.`nctune.role` = 'study'")})
+            raise InputError(
+                f"no study named {name!r} in experiment {experiment!r} at {uri}; "
+                f"studies there: {known or 'none'}"
+            )
+        # A study resumed under the same name reuses its parent; if a rerun made a second one,
+        # the newest is the one the user means.
+        parent = max(parents, key=lambda r: r.info.start_time or 0)
+        children = _search_all(client, exp.experiment_id,
+                               f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        histories = _histories(client, children, parallel=not uri.startswith("sqlite"))
+    except MlflowException as exc:
+        raise InputError(f"tracking URI {uri!r}: MLflow could not read it: {exc}") from None
+
+    trials, history = _frames(children, histories)
+    params = [c for c in trials.columns if c not in META and c not in _FLAG_COLUMNS]
+    tags = dict(parent.data.tags)
+    searched = _searched(tags, trials, params)
+    final = _final(trials, history)
+    problems = [f"trial {int(r.trial_index)} ({r.run_name}): {r.note}"
+                for r in trials.itertuples() if r.note]
+    if len(parents) > 1:
+        problems.insert(0, f"{len(parents)} parent runs carry this study name; read the newest "
+                           f"({parent.info.run_id})")
+    return StudyRuns(name=name, tracking_uri=uri, experiment=experiment,
+                     parent_run_id=parent.info.run_id, tags=tags, searched=searched,
+                     trials=trials, history=history, final=final, problems=problems)
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _histories(client: Any, runs: list[Any], *, parallel: bool) -> list[dict[str, list[Any]]]:
+    """Full metric history of every (run, key); a remote server gets the calls in parallel."""
+    jobs = [(i, r.info.run_id, key) for i, r in enumerate(runs) for key in r.data.metrics]
+    out: list[dict[str, list[Any]]] = [{} for _ in runs]
+
+    def fetch(job: tuple[int, str, str]) -> tuple[int, str, list[Any]]:
+        i, run_id, key = job
+        return i, key, client.get_metric_history(run_id, key)
+
+    if parallel and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(fetch, jobs))
+    else:
+        results = [fetch(j) for j in jobs]
+    for i, key, metrics in results:
+        out[i][key] = metrics
+    return out
+
+
+def _value(v: float) -> float:
+    if abs(v) >= _INF_SENTINEL:
+        return math.copysign(math.inf, v)
+    return float(v)
+
+
+def _frames(runs: list[Any],
+            histories: list[dict[str, list[Any]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows: list[dict[str, Any]] = []
+    long: list[tuple[int, int, str, float, int]] = []
+    order = sorted(range(len(runs)), key=lambda i: runs[i].info.start_time or 0)
+    for pos, i in enumerate(order):
+        run = runs[i]
+        tags = run.data.tags
+        idx_tag = tags.get("nctune.trial_index", "")
+        index = int(idx_tag) if idx_tag.lstrip("-").isdigit() else pos
+        status = tags.get("nctune.status") or _MLFLOW_STATUS.get(run.info.status, "running")
+        rows.append({
+            "trial_index": index, "run_id": run.info.run_id,
+            "run_name": run.info.run_name or run.info.run_id[:8],
+            "trial_id": tags.get("nctune.trial_id", ""), "status": status,
+            "error": tags.get("nctune.error", ""), **run.data.params,
+        })
+        for key, metrics in histories[i].items():
+            long.extend((index, int(m.step), key, _value(m.value), int(m.timestamp))
+                        for m in metrics)
+    trials = pd.DataFrame(rows, columns=None if rows else [*META, "error"])
+    if trials["trial_index"].duplicated().any():  # hand-made runs: fall back to start order
+        trials["trial_index"] = range(len(trials))
+    for col in trials.columns.difference([*META, "error"]):
+        trials[col] = _coerce(trials[col])
+    history = _pivot(long, trials)
+    trials = _flag(trials.sort_values("trial_index").reset_index(drop=True), history)
+    return trials, history
+
+
+def _coerce(col: pd.Series) -> pd.Series:
+    """MLflow params are strings: give numbers, booleans and None back their type."""
+    s = col.astype(object)
+    text = s.dropna().astype(str)
+    if len(text) and text.isin(["True", "False"]).all() and len(text) == len(s):
+        return (s == "True").astype(bool)
+    num = pd.to_numeric(s.where(s != "None"), errors="coerce").astype(float)
+    if (num.notna() | s.isna() | (s == "None")).all() and num.notna().any():
+        integral = not text.str.contains(r"[.eEn]", regex=True).any()  # no '.', 'e', 'nan', 'inf'
+        return num.astype("int64") if integral and num.notna().all() else num
+    return s
+
+
+def _pivot(long: list[tuple[int, int, str, float, int]], trials: pd.DataFrame) -> pd.DataFrame:
+    cols = ["trial_index", "epoch", "key", "value", "timestamp"]
+    df = pd.DataFrame(long, columns=cols)
+    # One value per step: a resumed trial may have logged a step twice; the later write wins.
+    df = df.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["trial_index", "epoch", "key"], keep="last")
+    wide = df.pivot(index=["trial_index", "epoch"], columns="key", values="value")
+    wide.columns.name = None
+    wide = wide.reset_index().sort_values(["trial_index", "epoch"], kind="stable")
+    meta = trials[["trial_index", "run_id", "status"]]
+    return meta.merge(wide, on="trial_index", how="inner").reset_index(drop=True)
+
+
+def _flag(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    flags: list[dict[str, Any]] = []
+    for t in trials.itertuples():
+        h = history[history["trial_index"] == t.trial_index]
+        planned = getattr(t, "epochs", None)
+        planned = int(planned) if planned is not None and not pd.isna(planned) else None
+        trained = h.loc[h[TRAIN_METRIC].notna(), "epoch"] if TRAIN_METRIC in h else h["epoch"]
+        last = int(h["epoch"].max()) if len(h) else 0
+        missing = sorted(set(range(1, last + 1)) - set(trained.astype(int)))
+        eval_cols = [c for c in h.columns if c == EVAL_METRIC or
+                     (c.startswith("fewshot/") and c.endswith("/acc"))]
+        evaluated = (h.loc[h[eval_cols].notna().any(axis=1), "epoch"] if eval_cols
+                     else h["epoch"][:0])
+        bad_loss = h.loc[~np.isfinite(h[TRAIN_METRIC].astype(float)) & h[TRAIN_METRIC].notna(),
+                         "epoch"] if TRAIN_METRIC in h else h["epoch"][:0]
+        diverged = t.status == "diverged" or len(bad_loss) > 0
+        final = int(evaluated.max()) if len(evaluated) else None
+        notes: list[str] = []
+        if t.status not in USABLE_STATUSES:
+            notes.append(f"status {t.status}" + (f": {t.error}" if t.error else ""))
+        if len(bad_loss):
+            notes.append(f"non-finite training loss from epoch {int(bad_loss.min())}")
+        elif t.status == "diverged":
+            notes.append("diverged")
+        if final is None:
+            notes.append("no evaluation metrics logged")
+        if missing:
+            notes.append(f"missing epochs {_ranges(missing)}")
+        if planned is not None and last < planned and t.status in USABLE_STATUSES:
+            notes.append(f"ran {last} of {planned} planned epochs")
+        usable = t.status in USABLE_STATUSES and not diverged and final is not None
+        flags.append({
+            "planned_epochs": planned, "last_epoch": last, "final_epoch": final,
+            "eval_epochs": len(evaluated), "missing_epochs": _ranges(missing),
+            "diverged": diverged, "incomplete": planned is not None and last < planned,
+            "usable": usable, "note": "; ".join(dict.fromkeys(notes)),
+        })
+    flag_df = pd.DataFrame(flags, columns=_FLAG_COLUMNS[1:], index=trials.index)
+    flag_df["final_epoch"] = flag_df["final_epoch"].astype(float)  # NaN: never evaluated
+    params = [c for c in trials.columns if c not in META and c != "error"]
+    return pd.concat([trials[[*META, "error"]], flag_df, trials[params]], axis=1)
+
+
+def _ranges(steps: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    runs: list[list[int]] = []
+    for s in steps:
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def _final(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's row at its final evaluated epoch (metrics NaN where it has none)."""
+    metrics = history.drop(columns=["run_id", "status"])
+    keys = trials[["trial_index", "final_epoch"]].rename(columns={"final_epoch": "epoch"})
+    metrics = metrics.astype({"epoch": float})
+    at_final = keys.merge(metrics, on=["trial_index", "epoch"], how="left")
+    return trials.merge(at_final, on="trial_index", how="left").reset_index(drop=True)
+
+
+def _searched(tags: dict[str, str], trials: pd.DataFrame, params: list[str]) -> list[str]:
+    tag = tags.get("nctune.searched", "")
+    if tag:
+        return [k.strip() for k in tag.split(",") if k.strip() in params]
+    # No tag: take what varies across trials, except replication seeds.
+    return [p for p in params if not p.endswith("seed")
+            and trials[p].astype(str).nunique(dropna=False) > 1]
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Metric columns (names with a '/') in `frame`, in a stable order."""
+    return sorted(c for c in frame.columns if "/" in c)
