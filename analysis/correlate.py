@@ -1,0 +1,403 @@
+"""Does collapse predict transfer? Rank correlations across trials and (trial, epoch) points.
+
+Every statistic is computed by one weighted code path: a bootstrap replicate that draws trial
+`i` c_i times is the original points weighted by c_i, so the point estimate is the replicate with
+all weights 1. Resampling whole trials (a cluster bootstrap) keeps the epochs of one trial
+together: they are not independent, and resampling them singly would make intervals too narrow.
+scipy.stats.bootstrap resamples single observations only and calls the statistic once per
+replicate, hence the hand-written, vectorised weighted ranks / Pearson / Kendall below.
+
+Methods (registry `METHODS`): spearman, kendall (tau-b), pearson_log (Pearson on log10 of the
+collapse metric, whose scale is multiplicative), partial_spearman (Spearman of x and y after
+removing the linear effect of the ranks of a control, source test accuracy by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.runs import StudyRuns
+
+CONTROL = "source/test_acc"
+CDNV_SPLITS = ("source_train", "source_test", "target")
+MIN_TRIALS = 3
+# Kendall's bootstrap costs O(points^2) per replicate; above this many pooled points it is left
+# to the (trial-level) interval, which is the one the verdict uses anyway.
+MAX_KENDALL_POINTS = 800
+
+
+class Sample:
+    """x, y (and control z) with a (B, n) weight matrix; ranks are computed once and shared."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None, w: np.ndarray):
+        self.x, self.y, self.z, self.w = x, y, z, w
+        self._ranks: dict[str, np.ndarray] = {}
+
+    def ranks(self, which: str) -> np.ndarray:
+        if which not in self._ranks:
+            self._ranks[which] = weighted_ranks(getattr(self, which), self.w)
+        return self._ranks[which]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A correlation: `stat(sample)` -> one value per weight row; `pvalue(x, y, z, r)`."""
+
+    stat: Callable[[Sample], np.ndarray]
+    pvalue: Callable[[np.ndarray, np.ndarray, np.ndarray | None, float], float]
+    needs_control: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, pvalue: Callable[..., float],
+                    needs_control: bool = False) -> Callable[..., Callable[..., np.ndarray]]:
+    def deco(fn: Callable[[Sample], np.ndarray]) -> Callable[[Sample], np.ndarray]:
+        METHODS[name] = Method(fn, pvalue, needs_control)
+        return fn
+    return deco
+
+
+def cluster_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_points) counts: each replicate draws len(unique(groups)) groups with replacement
+    and every point weighs as often as its group was drawn."""
+    codes, uniques = pd.factorize(pd.Series(groups))
+    g = len(uniques)
+    picks = rng.integers(0, g, size=(n_boot, g)) + g * np.arange(n_boot)[:, None]
+    counts = np.bincount(picks.ravel(), minlength=n_boot * g).reshape(n_boot, g)
+    return counts[:, codes].astype(float)
+
+
+def _tie_groups(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.argsort(v, kind="stable")
+    vs = v[order]
+    new = np.r_[True, vs[1:] != vs[:-1]]
+    return order, np.cumsum(new) - 1, np.flatnonzero(new)
+
+
+def weighted_ranks(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Average ranks of the multiset holding point i w[b, i] times, per row b of `w`."""
+    order, gid, starts = _tie_groups(v)
+    group_w = np.add.reduceat(w[:, order], starts, axis=1)
+    rank_g = np.cumsum(group_w, axis=1) - group_w + (group_w + 1.0) / 2.0
+    out = np.empty_like(w)
+    out[:, order] = rank_g[:, gid]
+    return out
+
+
+def weighted_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pearson r of (a, b) weighted by each row of w; a and b are (n,) or (B, n). NaN if flat."""
+    tot = w.sum(axis=1, keepdims=True)
+    da = a - (w * a).sum(axis=1, keepdims=True) / tot
+    db = b - (w * b).sum(axis=1, keepdims=True) / tot
+    cov, va, vb = ((w * da * db).sum(1), (w * da * da).sum(1), (w * db * db).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(va * vb)
+    flat = (va <= 1e-12 * np.maximum(1.0, (w * a * a).sum(1))) | (vb <= 1e-12 * np.maximum(
+        1.0, (w * b * b).sum(1)))
+    return np.where(flat, np.nan, np.clip(r, -1.0, 1.0))
+
+
+def _t_pvalue(r: float, dof: int) -> float:
+    if not np.isfinite(r) or dof < 1:
+        return float("nan")
+    t = r * np.sqrt(dof / max(1e-300, 1.0 - r * r))
+    return float(2 * stats.t.sf(abs(t), dof))
+
+
+@register_method("spearman", pvalue=lambda x, y, z, r: float(stats.spearmanr(x, y).pvalue))
+def spearman(s: Sample) -> np.ndarray:
+    return weighted_pearson(s.ranks("x"), s.ranks("y"), s.w)
+
+
+@register_method("kendall", pvalue=lambda x, y, z, r: float(stats.kendalltau(x, y).pvalue))
+def kendall(smp: Sample) -> np.ndarray:
+    """Kendall tau-b of the weighted multiset: concordance is the quadratic form w S w / 2."""
+    x, y, w = smp.x, smp.y, smp.w
+    s = np.sign(x[:, None] - x[None, :]) * np.sign(y[:, None] - y[None, :])
+    pq = np.concatenate([((blk @ s) * blk).sum(1) / 2.0 for blk in np.array_split(
+        w, max(1, w.shape[0] // 128))]) if len(w) else np.zeros(0)
+    total = w.sum(1)
+    n0 = total * (total - 1) / 2.0
+
+    def ties(v: np.ndarray) -> np.ndarray:
+        order, _, starts = _tie_groups(v)
+        gw = np.add.reduceat(w[:, order], starts, axis=1)
+        return (gw * (gw - 1) / 2.0).sum(1)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = pq / np.sqrt((n0 - ties(x)) * (n0 - ties(y)))
+    return np.where(np.isfinite(tau), np.clip(tau, -1.0, 1.0), np.nan)
+
+
+@register_method("pearson_log",
+                 pvalue=lambda x, y, z, r: float(stats.pearsonr(np.log10(x), y).pvalue))
+def pearson_log(s: Sample) -> np.ndarray:
+    return weighted_pearson(np.log10(s.x), s.y, s.w)
+
+
+@register_method("partial_spearman", needs_control=True,
+                 pvalue=lambda x, y, z, r: _t_pvalue(r, len(x) - 3))
+def partial_spearman(s: Sample) -> np.ndarray:
+    """(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)) on ranks: the rank association of x and
+    y that is left once each is linearly predicted from the control's ranks.
+
+    Measured here: when x and y are both almost exact monotone functions of the control, their
+    rank residuals are a few swapped neighbours, shared between x and y, and the estimate leans
+    negative (about -0.2 with 24 trials) with an interval that covers 0 too rarely (31 of 40
+    seeds). With realistic noise (Spearman(x, y) about -0.9) the lean is -0.05 and coverage 37/40.
+    """
+    rx, ry, rz = (s.ranks(v) for v in "xyz")
+    rxy, rxz, ryz = (weighted_pearson(a, b, s.w) for a, b in ((rx, ry), (rx, rz), (ry, rz)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (rxy - rxz * ryz) / np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2))
+    return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), np.nan)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One correlation with its 95% percentile interval (cluster bootstrap over trials)."""
+
+    method: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_method: str
+    n: int
+    n_trials: int
+    reason: str = ""
+
+    @property
+    def excludes_zero(self) -> bool:
+        return bool(self.ci_low > 0 or self.ci_high < 0)
+
+
+def correlate(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
+              control: np.ndarray | None = None, methods: tuple[str, ...] | None = None,
+              n_boot: int = 2000, seed: int = 0) -> dict[str, Estimate]:
+    """Correlate collapse `x` with transfer `y`; `groups` = the trial of each point.
+
+    Points with a non-finite x or y (or control, for partial methods) are left out. With fewer
+    than MIN_TRIALS trials (one more for partial) the estimate is NaN and `reason` says why.
+    Every method sees the same bootstrap replicates (same seed), so their intervals compare.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    groups = np.arange(len(x)) if groups is None else np.asarray(groups)
+    z = None if control is None else np.asarray(control, float)
+    base = np.isfinite(x) & np.isfinite(y)
+    masks = {False: base, True: base & (np.isfinite(z) if z is not None else False)}
+    samples: dict[bool, tuple[Sample, Sample]] = {}
+    out: dict[str, Estimate] = {}
+    for name in methods or tuple(METHODS):
+        m = METHODS[name]
+        keep = masks[m.needs_control]
+        xs, ys, zs, gs = x[keep], y[keep], None if z is None else z[keep], groups[keep]
+        n, n_trials = len(xs), len(np.unique(gs))
+        reason = _why_not(name, m, xs, ys, zs, n_trials)
+        if reason:
+            nan = float("nan")
+            out[name] = Estimate(name, nan, nan, nan, nan, "", n, n_trials, reason)
+            continue
+        if m.needs_control not in samples:
+            samples[m.needs_control] = (
+                Sample(xs, ys, zs, np.ones((1, n))),
+                Sample(xs, ys, zs, cluster_weights(gs, n_boot, np.random.default_rng(seed))))
+        point, boot = samples[m.needs_control]
+        out[name] = _estimate(name, m, point, boot, n_trials)
+    return out
+
+
+def _why_not(name: str, m: Method, x: np.ndarray, y: np.ndarray, z: np.ndarray | None,
+             n_trials: int) -> str:
+    need = MIN_TRIALS + (1 if m.needs_control else 0)
+    if m.needs_control and z is None:
+        return f"no {CONTROL} logged to control for"
+    if n_trials < need:
+        return f"{n_trials} trial(s) with both metrics; {name} needs at least {need}"
+    for label, v in (("first metric", x), ("second metric", y), ("control", z)):
+        if v is not None and np.ptp(v) == 0:
+            return f"the {label} is constant over the {n_trials} trials"
+    if name == "pearson_log" and (x <= 0).any():
+        return "log10 needs positive values of the first metric"
+    return ""
+
+
+def _estimate(name: str, m: Method, point: Sample, boot: Sample, n_trials: int) -> Estimate:
+    n = len(point.x)
+    est = float(m.stat(point)[0])
+    pooled = n_trials < n
+    if name == "kendall" and pooled and n > MAX_KENDALL_POINTS:
+        return Estimate(name, est, float("nan"), float("nan"), float("nan"), "", n, n_trials,
+                        f"no bootstrap above {MAX_KENDALL_POINTS} pooled points")
+    reps = m.stat(boot)
+    reps = reps[np.isfinite(reps)]
+    lo, hi = np.percentile(reps, [2.5, 97.5]) if len(reps) else (np.nan, np.nan)
+    if pooled:  # points within a trial are dependent: no textbook test applies
+        p = min(1.0, 2 * (min((reps <= 0).sum(), (reps >= 0).sum()) + 1) / (len(reps) + 1))
+        p_method = "cluster bootstrap"
+    else:
+        p = m.pvalue(point.x, point.y, point.z, est)
+        p_method = "t (n-3)" if m.needs_control else "scipy"
+    return Estimate(name, est, float(lo), float(hi), float(p), p_method, n, n_trials)
+
+
+def collapse_columns(frame: pd.DataFrame) -> list[str]:
+    """CDNV on the three splits, then NC1 on whatever splits were logged."""
+    cols = [f"cdnv/{s}" for s in CDNV_SPLITS if f"cdnv/{s}" in frame]
+    return cols + sorted(c for c in frame.columns if c.startswith("nc1/"))
+
+
+def transfer_columns(frame: pd.DataFrame) -> list[str]:
+    """Few-shot accuracies, ncc first."""
+    cols = [c for c in frame.columns if c.startswith("fewshot/") and c.endswith("/acc")]
+    return sorted(cols, key=lambda c: (c.split("/")[2] != "ncc", c))
+
+
+def primary_transfer(study: StudyRuns) -> str | None:
+    """The study's search metric if it is a few-shot accuracy, else 5w5s NCC, else the first."""
+    cols = transfer_columns(study.final)
+    for c in (study.tags.get("nctune.metric", ""), "fewshot/5w5s/ncc/acc"):
+        if c in cols:
+            return c
+    return cols[0] if cols else None
+
+
+def correlation_table(study: StudyRuns, *, level: str = "trial", n_boot: int = 2000,
+                      seed: int = 0, methods: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Every (collapse metric, transfer metric, method) over the usable trials.
+
+    Args:
+        level: "trial" (one point per trial, its final epoch) or "epoch" (every evaluated
+            (trial, epoch) point, resampled by trial).
+    """
+    if level not in ("trial", "epoch"):
+        raise ValueError(f"level: {level!r} is not one of 'trial', 'epoch'")
+    frame = study.usable if level == "trial" else study.usable_history
+    rows = []
+    for xc in collapse_columns(frame):
+        for yc in transfer_columns(frame):
+            res = correlate(frame[xc].to_numpy(float), frame[yc].to_numpy(float),
+                            groups=frame["trial_index"].to_numpy(),
+                            control=frame[CONTROL].to_numpy(float) if CONTROL in frame else None,
+                            methods=methods, n_boot=n_boot, seed=seed)
+            rows += [{"level": level, "collapse": xc, "transfer": yc, **vars(e)}
+                     for e in res.values()]
+    return pd.DataFrame(rows, columns=["level", "collapse", "transfer", *Estimate.__annotations__])
+
+
+def within_trial_trends(study: StudyRuns, *, collapse: str = "cdnv/target",
+                        transfer: str | None = None, n_boot: int = 2000,
+                        seed: int = 0) -> tuple[pd.DataFrame, dict[str, float | int | str]]:
+    """Per usable trial with >= 3 evaluated epochs: does `collapse` fall while `transfer` rises?
+
+    Returns:
+        A frame with one row per trial (Spearman of each metric with the epoch and with each
+        other) and a summary: how many trials show the trend, the median within-trial Spearman
+        of collapse vs transfer with a bootstrap CI over trials, and a sign-test p-value.
+    """
+    transfer = transfer or primary_transfer(study)
+    hist = study.usable_history
+    rows = []
+    if transfer and collapse in hist and transfer in hist:
+        for idx, h in hist.groupby("trial_index"):
+            h = h[np.isfinite(h[collapse]) & np.isfinite(h[transfer])]
+            if len(h) < 3:
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rc = stats.spearmanr(h["epoch"], h[collapse]).statistic
+                rt = stats.spearmanr(h["epoch"], h[transfer]).statistic
+                rct = stats.spearmanr(h[collapse], h[transfer]).statistic
+            rows.append({"trial_index": idx, "epochs": len(h), "rho_collapse_epoch": rc,
+                         "rho_transfer_epoch": rt, "rho_collapse_transfer": rct,
+                         "collapse_first": h[collapse].iloc[0],
+                         "collapse_last": h[collapse].iloc[-1],
+                         "transfer_first": h[transfer].iloc[0],
+                         "transfer_last": h[transfer].iloc[-1],
+                         "falls_while_rises": bool(rc < 0 and rt > 0)})
+    per = pd.DataFrame(rows, columns=["trial_index", "epochs", "rho_collapse_epoch",
+                                      "rho_transfer_epoch", "rho_collapse_transfer",
+                                      "collapse_first", "collapse_last", "transfer_first",
+                                      "transfer_last", "falls_while_rises"])
+    summary: dict[str, float | int | str] = {"collapse": collapse, "transfer": transfer or "",
+                                             "n_trials": len(per)}
+    if len(per) == 0:
+        summary["reason"] = "no usable trial has 3 or more evaluated epochs"
+        return per, summary
+    r = per["rho_collapse_transfer"].to_numpy(float)
+    r = r[np.isfinite(r)]
+    idx = np.random.default_rng(seed).integers(0, len(r), size=(n_boot, len(r)))
+    boot = np.median(r[idx], axis=1) if len(r) else np.array([np.nan])
+    neg, pos = int((r < 0).sum()), int((r > 0).sum())
+    summary.update({
+        "n_falls_while_rises": int(per["falls_while_rises"].sum()),
+        "median_rho": float(np.median(r)) if len(r) else float("nan"),
+        "ci_low": float(np.percentile(boot, 2.5)), "ci_high": float(np.percentile(boot, 97.5)),
+        "n_negative": neg, "n_positive": pos,
+        "sign_p": float(stats.binomtest(neg, neg + pos).pvalue) if neg + pos else float("nan"),
+    })
+    return per, summary
+
+
+# Images per class behind each split's features (flat config keys); source-train features are
+# capped at features_per_class.
+_PER_CLASS = {"source_train": ("source_train_per_class", "features_per_class"),
+              "source_test": ("source_test_per_class",), "target": ("target_per_class",)}
+
+
+def comparable_cdnv(frame: pd.DataFrame, split: str) -> tuple[pd.Series | None, str]:
+    """CDNV of `split` on a scale comparable across splits, and how it was made so.
+
+    Biased variances shrink by (n-1)/n with n images per class, so splits with different n
+    are compared through `cdnv_unbiased/<split>`, or failing that the biased value times n/(n-1).
+    """
+    if f"cdnv_unbiased/{split}" in frame:
+        return frame[f"cdnv_unbiased/{split}"], "unbiased variances (cdnv_unbiased)"
+    if f"cdnv/{split}" not in frame:
+        return None, f"cdnv/{split} not logged"
+    keys = _PER_CLASS[split]
+    if all(k in frame for k in keys):
+        n = frame[list(keys)].astype(float).min(axis=1)
+        return frame[f"cdnv/{split}"] * n / (n - 1), "biased CDNV x n/(n-1) from the config"
+    return frame[f"cdnv/{split}"], "biased CDNV, uncorrected (images per class unknown)"
+
+
+def generalization(study: StudyRuns, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """How well source-train CDNV predicts source-test and target CDNV (the paper's claims).
+
+    Per pair: Spearman over trials (final epoch) and over (trial, epoch) points, and the median
+    ratio to/from over trials with a bootstrap CI (1 = collapse carries over unchanged).
+    """
+    rows = []
+    for to in ("source_test", "target"):
+        for level, frame in (("trial", study.usable), ("epoch", study.usable_history)):
+            a, how_a = comparable_cdnv(frame, "source_train")
+            b, how_b = comparable_cdnv(frame, to)
+            row: dict[str, object] = {"from": "source_train", "to": to, "level": level,
+                                      "variant": how_a if how_a == how_b else f"{how_a} / {how_b}"}
+            if a is None or b is None:
+                rows.append({**row, "reason": how_a if a is None else how_b})
+                continue
+            est = correlate(a.to_numpy(float), b.to_numpy(float),
+                            groups=frame["trial_index"].to_numpy(), methods=("spearman",),
+                            n_boot=n_boot, seed=seed)["spearman"]
+            row.update({"spearman": est.estimate, "ci_low": est.ci_low, "ci_high": est.ci_high,
+                        "p_value": est.p_value, "n": est.n, "n_trials": est.n_trials,
+                        "reason": est.reason})
+            if level == "trial":
+                ratio = (b / a).to_numpy(float)
+                ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+                if len(ratio):
+                    idx = np.random.default_rng(seed).integers(0, len(ratio), (n_boot, len(ratio)))
+                    boot = np.median(ratio[idx], axis=1)
+                    row.update({"median_ratio": float(np.median(ratio)),
+                                "ratio_ci_low": float(np.percentile(boot, 2.5)),
+                                "ratio_ci_high": float(np.percentile(boot, 97.5))})
+            rows.append(row)
+    return pd.DataFrame(rows)
