@@ -1,0 +1,206 @@
+"""What each searched hyperparameter does to target CDNV and to few-shot accuracy.
+
+Three views, one table each:
+    hyperparameter_effects  rank correlation of a numeric param with each target (CI over trials)
+    per_value_table         mean and 95% CI per value, for params with few distinct values
+                            (one-factor grid sweeps repeated over seeds)
+    importances             Optuna parameter importances on a study rebuilt from the runs:
+                            fANOVA (fixed seed) and PED-ANOVA (Optuna 5's default), side by side
+Collapse targets (CDNV, NC1) are treated on a log scale: means are geometric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.correlate import MIN_TRIALS, correlate, primary_transfer
+from analysis.runs import StudyRuns
+
+MAX_GRID_VALUES = 12
+COLLAPSE_TARGET = "cdnv/target"
+
+EVALUATORS: dict[str, Callable[[int], Any]] = {}
+
+
+def register_evaluator(name: str) -> Callable[[Callable[[int], Any]], Callable[[int], Any]]:
+    def deco(fn: Callable[[int], Any]) -> Callable[[int], Any]:
+        EVALUATORS[name] = fn
+        return fn
+    return deco
+
+
+@register_evaluator("fanova")
+def _fanova(seed: int) -> Any:
+    from optuna.importance import FanovaImportanceEvaluator
+
+    return FanovaImportanceEvaluator(seed=seed)
+
+
+@register_evaluator("ped_anova")
+def _ped_anova(seed: int) -> Any:
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    return PedAnovaImportanceEvaluator()
+
+
+def create_evaluator(name: str, seed: int = 0) -> Any:
+    if name not in EVALUATORS:
+        raise ValueError(f"evaluator: {name!r} is not one of {sorted(EVALUATORS)}")
+    return EVALUATORS[name](seed)
+
+
+def is_log_target(name: str) -> bool:
+    return name.startswith(("cdnv", "nc1"))
+
+
+def effect_targets(study: StudyRuns) -> list[str]:
+    """Target CDNV and the primary few-shot accuracy, those that were logged."""
+    out = [COLLAPSE_TARGET] if COLLAPSE_TARGET in study.final else []
+    primary = primary_transfer(study)
+    return out + ([primary] if primary else [])
+
+
+def effect_params(study: StudyRuns) -> list[str]:
+    """Searched params, without replication seeds (their spread is noise, not an effect)."""
+    return [p for p in study.searched if p in study.final and not p.endswith("seed")]
+
+
+def _is_numeric(col: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
+def hyperparameter_effects(study: StudyRuns, *, n_boot: int = 2000,
+                           seed: int = 0) -> pd.DataFrame:
+    """Spearman of each numeric searched param with each target over usable trials; for
+    categorical params a Kruskal-Wallis p-value instead."""
+    frame = study.usable
+    rows = []
+    for p in effect_params(study):
+        for t in effect_targets(study):
+            sub = frame[frame[p].notna() & np.isfinite(frame[t].astype(float))]
+            row: dict[str, Any] = {"param": p, "target": t, "n_trials": len(sub),
+                                   "n_values": sub[p].astype(str).nunique()}
+            if _is_numeric(frame[p]):
+                est = correlate(sub[p].to_numpy(float), sub[t].to_numpy(float),
+                                methods=("spearman",), n_boot=n_boot, seed=seed)["spearman"]
+                row.update(kind="numeric", spearman=est.estimate, ci_low=est.ci_low,
+                           ci_high=est.ci_high, p_value=est.p_value, reason=est.reason)
+            else:
+                groups = [g[t].to_numpy(float) for _, g in sub.groupby(sub[p].astype(str))]
+                ok = len(groups) >= 2 and len(sub) >= MIN_TRIALS
+                row.update(kind="categorical",
+                           p_value=float(stats.kruskal(*groups).pvalue) if ok else np.nan,
+                           reason="" if ok else "needs 2+ values and 3+ trials")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["param", "target", "kind", "n_trials", "n_values",
+                                       "spearman", "ci_low", "ci_high", "p_value", "reason"])
+
+
+def per_value_table(study: StudyRuns, *, max_values: int = MAX_GRID_VALUES) -> pd.DataFrame:
+    """Mean and t-based 95% CI of each target per value of each param with few values.
+
+    The unit is the trial (typically one seed of one grid point); log targets get geometric
+    means with the interval taken on log10 and mapped back.
+    """
+    frame = study.usable
+    rows = []
+    for p in effect_params(study):
+        if frame[p].astype(str).nunique() > max_values:
+            continue
+        for t in effect_targets(study):
+            for value, g in frame.groupby(p, sort=True):
+                v = g[t].to_numpy(float)
+                v = v[np.isfinite(v) & ((v > 0) if is_log_target(t) else True)]
+                if is_log_target(t):
+                    v = np.log10(v)
+                n = len(v)
+                mean = float(v.mean()) if n else np.nan
+                half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / np.sqrt(n)) \
+                    if n >= 2 else np.nan
+                lo, hi = mean - half, mean + half
+                if is_log_target(t):
+                    mean, lo, hi = 10 ** mean, 10 ** lo, 10 ** hi
+                rows.append({"param": p, "target": t, "value": value, "n": n, "mean": mean,
+                             "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["param", "target", "value", "n", "mean", "ci_low",
+                                       "ci_high"])
+
+
+def _distributions(frame: pd.DataFrame, params: list[str]) -> dict[str, Any]:
+    """Optuna distributions spanning the observed values; a positive numeric param that
+    spans more than a decade is taken as log-scaled (how such params are searched)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    out: dict[str, Any] = {}
+    for p in params:
+        col = frame[p]
+        if col.astype(str).nunique() < 2:
+            continue  # constant here: nothing to attribute
+        if _is_numeric(col):
+            lo, hi = float(col.min()), float(col.max())
+            log = lo > 0 and hi / lo > 10
+            if pd.api.types.is_integer_dtype(col):
+                out[p] = IntDistribution(int(lo), int(hi), log=log)
+            else:
+                out[p] = FloatDistribution(lo, hi, log=log)
+        else:
+            out[p] = CategoricalDistribution(sorted({_plain(v) for v in col}, key=str))
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v if isinstance(v, str | int | float | bool) or v is None else str(v)
+
+
+def importances(study: StudyRuns, *, evaluators: tuple[str, ...] = ("fanova", "ped_anova"),
+                seed: int = 0) -> pd.DataFrame:
+    """Parameter importances for each target from an Optuna study rebuilt from the runs.
+
+    Returns one row per (target, evaluator, param) with a normalized importance and its rank,
+    or one row per (target, evaluator) with `reason` when it cannot be computed.
+    """
+    import optuna
+    from optuna.trial import create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    frame = study.usable
+    params = effect_params(study)
+    rows: list[dict[str, Any]] = []
+    for t in effect_targets(study):
+        sub = frame[np.isfinite(frame[t].astype(float))]
+        dists = _distributions(sub, params)
+        for ev in evaluators:
+            base = {"target": t, "evaluator": ev}
+            if len(sub) < MIN_TRIALS or not dists:
+                why = f"{len(sub)} usable trial(s)" if len(sub) < MIN_TRIALS else \
+                    "no searched parameter varies"
+                rows.append({**base, "reason": why})
+                continue
+            ost = optuna.create_study(
+                direction="minimize" if is_log_target(t) else "maximize")
+            for rec in sub.to_dict("records"):
+                ost.add_trial(create_trial(
+                    params={p: _plain(rec[p]) for p in dists}, distributions=dists,
+                    value=float(np.log10(rec[t]) if is_log_target(t) else rec[t])))
+            try:
+                imp = optuna.importance.get_param_importances(
+                    ost, evaluator=create_evaluator(ev, seed), params=list(dists))
+            except (ValueError, RuntimeError) as exc:
+                rows.append({**base, "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            ranked = sorted(imp.items(), key=lambda kv: -kv[1])
+            rows += [{**base, "param": p, "importance": float(v), "rank": i + 1}
+                     for i, (p, v) in enumerate(ranked)]
+    return pd.DataFrame(rows, columns=["target", "evaluator", "param", "importance", "rank",
+                                       "reason"])
