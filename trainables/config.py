@@ -32,6 +32,12 @@ class DatasetConfig(_Section):
     target_per_class: int = Field(20, ge=2)
     image_size: int = Field(32, ge=8, le=512)
     data_strength: float = Field(1.0, ge=0.0, le=3.0)  # within-class variety of generated sets
+    # Canonical splits with train/val/test parts (cifar-fs, fc100, mini-imagenet): the part(s)
+    # target classes come from; source classes always come from the train part.
+    target_part: Literal["test", "val", "val+test"] = "test"
+    # `folder` data set, canonical split: JSON {"source": [class, ...], "target": [...]};
+    # default <root>/split.json.
+    split_file: str | None = None
 
 
 class BackboneConfig(_Section):
