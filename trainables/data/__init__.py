@@ -4,14 +4,15 @@
     splits = load_splits(DatasetConfig(name="glyphs", num_source_classes=64))
     splits.source_train.images  # uint8 (N, C, H, W), memory-mapped from the on-disk cache
 
-Registered data sets (`list_datasets()`): digits (scikit-learn). Each family is one module
-that registers itself with `@register_dataset`; importing this package imports them all.
+Registered data sets (`list_datasets()`): glyphs (embedded default), digits (scikit-learn).
+Each family is one module that registers
+itself with `@register_dataset`; importing this package imports them all.
 """
 
 from __future__ import annotations
 
 # Importing the family modules registers them.
-from trainables.data import digits
+from trainables.data import digits, glyphs
 from trainables.data.registry import (
     Catalog,
     Dataset,
@@ -30,6 +31,7 @@ __all__ = [
     "create_dataset",
     "digits",
     "get_dataset_class",
+    "glyphs",
     "list_datasets",
     "load_splits",
     "register_dataset",
