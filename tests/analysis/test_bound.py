@@ -1,0 +1,94 @@
+"""analysis.bound: the CDNV bound against the observed NCC error, from logged metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from analysis.bound import bound_summary, bound_table, episode_shapes
+from analysis.runs import load_study
+from tests.analysis.conftest import FakeTrial, synth_trial, write_study
+
+
+def _trial(errors: list[float], bounds: list[float], *, raw: bool = True,
+           ci: float = 0.02) -> FakeTrial:
+    """One trial whose 5w5s error and logged bound at each epoch are given."""
+    t = synth_trial({"weight_decay": 1e-4}, cdnv_final=0.1, acc_final=0.8, epochs=len(errors))
+    t.metrics = {k: v for k, v in t.metrics.items()
+                 if not k.startswith(("fewshot/", "bound/"))}
+    clf = "ncc_raw" if raw else "ncc"
+    for e, (err, b) in enumerate(zip(errors, bounds, strict=True), start=1):
+        t.metrics.setdefault(f"fewshot/5w5s/{clf}/acc", {})[e] = 1.0 - err
+        t.metrics.setdefault(f"fewshot/5w5s/{clf}/ci95", {})[e] = ci
+        t.metrics.setdefault("bound/5w5s", {})[e] = b
+    return t
+
+
+def test_holds_vacuous_and_looseness_are_counted_exactly(new_store: Callable[[], str]) -> None:
+    uri = new_store()
+    trials = [
+        _trial([0.5, 0.3, 0.2], [4.0, 0.6, 0.4]),     # holds everywhere; epoch 1 vacuous
+        _trial([0.5, 0.4, 0.3], [0.45, 0.39, 0.1]),  # fails everywhere; within CI at epoch 2
+        _trial([0.4, 0.2, 0.1], [2.0, 1.0, 0.2]),     # holds; vacuous at epochs 1-2
+    ]
+    write_study(uri, "bound", trials, searched=["weight_decay"])
+    t = bound_table(load_study("bound", uri))
+    assert len(t) == 9 and set(t["classifier"]) == {"ncc_raw"}
+    assert set(t["bound_source"]) == {"logged"}
+    assert t["holds"].sum() == 6
+    assert t["holds_within_ci"].sum() == 7  # 0.39 >= 0.4 - 0.02
+    assert t["vacuous"].sum() == 3
+    fin = t[t["final"]].set_index("trial_index")
+    assert list(fin["epoch"]) == [3, 3, 3]
+    assert fin.loc[0, "ratio"] == pytest.approx(2.0) and fin.loc[1, "gap"] == pytest.approx(-0.2)
+    s = bound_summary(t).iloc[0]
+    assert s["points"] == 9 and s["trials"] == 3
+    assert s["holds_frac"] == pytest.approx(6 / 9) and s["non_vacuous_frac"] == pytest.approx(6 / 9)
+    # informative points only: 2 of trial 0, 3 of trial 1 (all fail), 1 of trial 2
+    assert s["holds_frac_non_vacuous"] == pytest.approx(3 / 6)
+    assert s["final_holds_frac"] == pytest.approx(2 / 3)
+    assert s["median_ratio"] == pytest.approx(np.median(t["bound"] / t["error"]))
+
+
+def test_primary_ncc_stands_in_when_raw_was_not_logged(new_store: Callable[[], str]) -> None:
+    uri = new_store()
+    write_study(uri, "l2", [_trial([0.3, 0.2], [1.5, 0.5], raw=False) for _ in range(2)],
+                searched=["weight_decay"])
+    t = bound_table(load_study("l2", uri))
+    assert set(t["classifier"]) == {"ncc"} and len(t) == 4
+
+
+def test_bound_computed_from_cdnv_when_not_logged(new_store: Callable[[], str]) -> None:
+    fewshot = pytest.importorskip("analysis.fewshot")
+    if not hasattr(fewshot, "ncc_error_bound"):
+        pytest.skip("analysis.fewshot.ncc_error_bound not written yet")
+    uri = new_store()
+    trials = [synth_trial({"weight_decay": 1e-4}, cdnv_final=c, acc_final=0.8, epochs=2)
+              for c in (0.01, 0.05)]
+    for t in trials:
+        t.metrics = {k: v for k, v in t.metrics.items() if not k.startswith("bound/")}
+    write_study(uri, "nobound", trials, searched=["weight_decay"])
+    s = load_study("nobound", uri)
+    t = bound_table(s)
+    assert set(t["bound_source"]) == {"computed from cdnv/target"}
+    assert set(t["shape"]) == {"5w1s", "5w5s"}
+    for r in t.itertuples():
+        assert r.bound == pytest.approx(fewshot.ncc_error_bound(r.cdnv_target, r.n_way, r.k_shot))
+
+
+def test_failed_trials_and_missing_metrics_do_not_crash(new_store: Callable[[], str]) -> None:
+    uri = new_store()
+    failed = FakeTrial({"weight_decay": 1e-3, "epochs": 3}, {"source/train_loss": {1: 2.0}},
+                       status="failed", error="boom")
+    write_study(uri, "few", [failed, _trial([0.3], [0.5])], searched=["weight_decay"])
+    s = load_study("few", uri)
+    t = bound_table(s)
+    assert list(t["trial_index"]) == [1]
+    assert episode_shapes(s.history) == ["5w5s"]
+    bare = dataclasses.replace(s, history=s.history.drop(columns=[c for c in s.history
+                                                                   if "/" in c]))
+    empty = bound_table(bare)
+    assert empty.empty and bound_summary(empty).empty
