@@ -18,6 +18,7 @@ from analysis.errors import InputError
 # Modules that add sub-commands, in the order `nctune --help` lists them.
 COMMAND_MODULES = [
     "study.commands",
+    "study.datasets_cmd",
     "study.cluster",
 ]
 
