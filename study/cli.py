@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "study.commands",
     "study.datasets_cmd",
     "study.cluster",
+    "study.analyze_cmd",
 ]
 
 
@@ -55,13 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: the dotted field, the value given and what is allowed."""
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        value = err.get("input")
-        lines.append(f"{field}: {err['msg']} (got {value!r})")
-    return "invalid config: " + "; ".join(lines)
+    """One line per problem: the dotted field, what is wrong, the value given."""
+    from study.config import explain_error
+
+    lines = [explain_error(err) for err in exc.errors()]
+    return "invalid config: " + ("\n  ".join(["", *lines]) if len(lines) > 1 else lines[0])
 
 
 if __name__ == "__main__":

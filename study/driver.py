@@ -27,6 +27,12 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
+def quiet_libraries() -> None:
+    """MLflow's schema-creation INFO lines mean nothing to a user starting a study."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def init_ray(address: str | None) -> None:
     """Join `address` (or $RAY_ADDRESS); else start a local Ray bound to 127.0.0.1, no dashboard."""
     import ray
@@ -50,6 +56,7 @@ def run_study(cfg: StudyConfig, *, address: str | None = None, report: bool = Tr
         say(f"A study named '{cfg.name}' exists already; this one is '{renamed.name}'.")
     cfg = absolute_paths(renamed)
     check_resources(cfg, address)
+    quiet_libraries()
     say(f"Preparing data set '{cfg.dataset.name}' ...")
     data, bank_hashes = prepare_data(cfg)
     state = start_tracking(cfg, data, bank_hashes)
@@ -74,6 +81,7 @@ def resume_study(name: str, root: str, *, address: str | None = None,
         raise InputError(f"study '{name}': no Tune state under {state.ray_path}/{name} to "
                          "resume from (did it start any trial?)")
     say(f"Resuming study '{name}' ({state.num_samples} trials) from {state.ray_path}/{name}")
+    quiet_libraries()
     mark_parent(state, "running")
     init_ray(address)
     return execute(restore_tuner(cfg, state), cfg, state, folder, report)
@@ -109,8 +117,19 @@ def mark_parent(state: StudyState, status: str) -> None:
                               "FINISHED" if status == "completed" else "KILLED")
 
 
-def header(cfg: StudyConfig, manifest: dict[str, Any], folder: Path, state: StudyState) -> str:
+def describe_data(name: str, manifest: dict[str, Any]) -> str:
+    """`glyphs: 100 source classes (20 train + 10 test images each), 60 target (20 each)`."""
     counts = manifest.get("counts", {})
+    try:
+        tr, te, tg = (counts[s] for s in ("source_train", "source_test", "target"))
+        return (f"{name}: {tr['classes']} source classes ({tr['per_class']} train + "
+                f"{te['per_class']} test images each), {tg['classes']} target classes "
+                f"({tg['per_class']} images each)")
+    except (KeyError, TypeError):
+        return name
+
+
+def header(cfg: StudyConfig, manifest: dict[str, Any], folder: Path, state: StudyState) -> str:
     return "\n".join([
         f"Study '{cfg.name}': {state.num_samples} trials, {cfg.search.sampler} sampler, "
         f"{cfg.search.max_concurrent} at a time, {cfg.resources.cpus_per_trial:g} CPU "
@@ -118,7 +137,7 @@ def header(cfg: StudyConfig, manifest: dict[str, Any], folder: Path, state: Stud
         f"  searching {', '.join(cfg.searched())}; maximising" if cfg.search.mode == "max"
         else f"  searching {', '.join(cfg.searched())}; minimising",
         f"  {cfg.search.metric}",
-        f"  data: {cfg.dataset.name} {counts}" if counts else f"  data: {cfg.dataset.name}",
+        f"  data: {describe_data(cfg.dataset.name, manifest)}",
         f"  study folder: {folder}",
         f"  MLflow: {redact(state.tracking_uri)} (experiment '{state.experiment}')",
         f"  Ray results: {state.ray_path}/{cfg.name}",

@@ -81,7 +81,8 @@ class ProgressPrinter(Callback):
             self.write(self.line(trials))
 
     def line(self, trials: list) -> str:
-        running = [t for t in trials if t.status == "RUNNING"]
+        running = [t for t in trials if t.status == "RUNNING" and t.trial_id not in self.ended]
+        pending = sum(1 for t in trials if t.status == "PENDING")
         counts = {s: sum(1 for v in self.ended.values() if v == s)
                   for s in ("done", "failed", "diverged")}
         finished = len(self.ended)
@@ -92,6 +93,7 @@ class ProgressPrinter(Callback):
         elapsed = int(time.monotonic() - self.start)
         text = (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {finished}/{self.total} finished · "
                 f"{len(running)} running" + (f" ({shown})" if shown else "") +
+                (f" · {pending} starting" if pending else "") +
                 f" · {counts['failed']} failed · {counts['diverged']} diverged")
         if self.best:
             text += f" · best {self.metric} {self.best[0]:.3f} ({self.best[1]})"

@@ -66,9 +66,12 @@ def callbacks(cfg: StudyConfig, state: StudyState) -> list[tune.Callback]:
 
 def quiet_ray_output() -> None:
     # Our own progress line replaces Ray's tables; results without the search metric (epochs
-    # that are not evaluated) are expected.
+    # that are not evaluated) are expected; a snapshot per checkpoint of a fast trial is fine
+    # on local disk, so Ray's warning about it is noise.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
@@ -84,6 +87,8 @@ def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
     tune_config = tune.TuneConfig(
         search_alg=search, scheduler=scheduler, num_samples=cfg.num_samples,
         max_concurrent_trials=cfg.search.max_concurrent, trial_dirname_creator=trial_dirname,
+        # A new trial reuses a finished trial's worker: importing torch + timm costs seconds.
+        reuse_actors=True,
     )
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=state.ray_path, callbacks=callbacks(cfg, state),
