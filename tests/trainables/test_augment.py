@@ -81,7 +81,7 @@ def test_each_sample_gets_its_own_crop(mode: str) -> None:
     images = _images(batch=1).expand(32, -1, -1, -1)  # one image, 32 times
     out = BatchAugment(SIZE, mode=mode)(images, _gen())  # type: ignore[arg-type]
     distinct = {tuple(o.flatten().tolist()) for o in out}
-    assert len(distinct) >= 16
+    assert len(distinct) >= 10  # 25 possible shifts at pad 2; ~18 expected
 
 
 @pytest.mark.parametrize(("strength", "pad"), [(1.0, 2), (0.5, 1), (2.0, 4)])
