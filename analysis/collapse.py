@@ -11,10 +11,11 @@ Conventions shared by every metric:
   counted in `excluded_classes`, never averaged in.
 - Pairs of classes whose means coincide (||mu_i - mu_j|| <= 1e-12 max(||mu_i||, ||mu_j||), i.e.
   equal up to float64 rounding) have no CDNV; they are counted in `excluded_pairs`.
-- Class means are centred on their average before pairwise distances come from the Gram matrix
-  (||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b loses the digits of a large shared offset); pairs
-  whose Gram distance is below 1e-4 of their centred squared norms are recomputed directly
-  from the mean difference, so close means keep full precision.
+- Pairwise distances come from the Gram matrix of the class means centred on their average
+  (||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b loses the digits of a large shared offset, which
+  centring removes); pairs whose Gram distance is still below 1e-4 of their centred squared
+  norms (means close to each other) are recomputed directly from the mean difference, so every
+  distance keeps close to full float64 precision and the direct pass stays small.
 """
 
 from __future__ import annotations
@@ -114,11 +115,13 @@ def _pair_mask(means: Tensor, dist: Tensor) -> Tensor:
 
 
 def _median(values: Tensor) -> float:
-    if values.numel() == 0:
+    """The median, the mean of the two middle values for an even count (selection, no sort)."""
+    n = values.numel()
+    if n == 0:
         return float("nan")
-    v = values.sort().values
-    n = v.numel()
-    return float((v[(n - 1) // 2] + v[n // 2]) / 2)
+    lo = torch.kthvalue(values, (n + 1) // 2).values
+    hi = lo if n % 2 else torch.kthvalue(values, n // 2 + 1).values
+    return float((lo + hi) / 2)
 
 
 def _summarise(values: Tensor, keep: Tensor, idx: Tensor, num_classes: int, *,
