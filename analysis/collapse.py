@@ -31,6 +31,7 @@ from analysis.collapse_stats import (
     ClassStats,
     ClassStatsAccumulator,
     check_features_labels,
+    upper_mask,
 )
 from analysis.errors import InputError
 
@@ -95,7 +96,8 @@ def pairwise_sq_distances(means: Tensor) -> Tensor:
     scale = sq[:, None] + sq[None, :]
     dist = (scale - 2.0 * gram).clamp_(min=0.0)
     dist.fill_diagonal_(0.0)
-    rows, cols = torch.triu(dist <= REFINE_RTOL * scale, diagonal=1).nonzero(as_tuple=True)
+    rows, cols = ((dist <= REFINE_RTOL * scale) & upper_mask(dist.shape[0], dist.device)).nonzero(
+        as_tuple=True)
     for start in range(0, rows.shape[0], _REFINE_CHUNK):
         i, j = rows[start:start + _REFINE_CHUNK], cols[start:start + _REFINE_CHUNK]
         diff = mu.index_select(0, i) - mu.index_select(0, j)
@@ -129,11 +131,12 @@ def _summarise(values: Tensor, keep: Tensor, idx: Tensor, num_classes: int, *,
     """Mean, median, worst pair per class and the matrix of a (K, K) pair-value matrix."""
     k = values.shape[0]
     v = torch.where(keep, values, torch.nan)
-    upper = keep if asymmetric else torch.triu(keep, diagonal=1)
+    upper = keep if asymmetric else keep & upper_mask(k, keep.device)
     vals = v[upper]
     mean = float(vals.mean()) if vals.numel() else float("nan")
     if k:
-        best, arg = v.nan_to_num(nan=-torch.inf).max(1)
+        filled = v.nan_to_num(nan=-torch.inf)
+        best, arg = filled.amax(1), filled.argmax(1)
     else:
         best, arg = v.new_zeros(0), idx.new_zeros(0)
     has = torch.isfinite(best)
@@ -146,7 +149,7 @@ def _summarise(values: Tensor, keep: Tensor, idx: Tensor, num_classes: int, *,
         matrix = torch.full((num_classes, num_classes), torch.nan, dtype=_F64, device=v.device)
         matrix[idx[:, None], idx[None, :]] = v
     off_diag = k * (k - 1) // 2
-    num_pairs = int(torch.triu(keep, diagonal=1).sum())
+    num_pairs = int((keep & upper_mask(k, keep.device)).sum())
     return CDNVResult(mean, _median(vals), worst, partner, matrix, num_pairs,
                       excluded_classes, off_diag - num_pairs)
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from analysis.collapse_stats import ClassStats, check_features_labels
+from analysis.collapse_stats import ClassStats, check_features_labels, upper_mask
 from analysis.errors import InputError
 
 _F64 = torch.float64
@@ -93,7 +93,7 @@ def nc2_equiangle(stats: ClassStats) -> float:
     if k < 2:
         return float("nan")
     unit = m / m.norm(dim=1, keepdim=True)  # NaN rows where a norm is 0
-    cos = (unit @ unit.T)[torch.triu(torch.ones(k, k, dtype=torch.bool, device=m.device), 1)]
+    cos = (unit @ unit.T)[upper_mask(k, m.device)]
     dev = (cos + 1.0 / (k - 1)).abs()
     return float(dev[torch.isfinite(dev)].mean())
 

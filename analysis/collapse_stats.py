@@ -84,6 +84,13 @@ def check_features_labels(features: Any, labels: Any, num_classes: int | None = 
     return x, y
 
 
+def upper_mask(k: int, device: torch.device | str | None = None) -> Tensor:
+    """(k, k) bool, True above the diagonal (pairs i<j). Built by comparison, not torch.triu:
+    triu and max(dim) on tiny tensors wait ~12 ms on thread wake-ups on a busy 2-core CPU."""
+    i = torch.arange(k, device=device)
+    return i[:, None] < i[None, :]
+
+
 @functools.cache
 def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()  # inspecting the loaded libraries takes ~1 ms: do it once
