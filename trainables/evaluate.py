@@ -39,11 +39,12 @@ class Features:
 
 
 def capped_indices(labels: torch.Tensor, per_class: int) -> torch.Tensor:
-    """The first `per_class` images of each class (deterministic, no loop over classes)."""
+    """The first `per_class` images of each class (deterministic, no loop over classes), as
+    indices on the labels' device."""
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
     first = torch.searchsorted(sorted_labels, sorted_labels, right=False)
-    rank = torch.arange(len(labels)) - first
+    rank = torch.arange(len(labels), device=labels.device) - first
     return torch.sort(order[rank < per_class]).values
 
 
@@ -51,10 +52,16 @@ def capped_indices(labels: torch.Tensor, per_class: int) -> torch.Tensor:
 def extract(model: torch.nn.Module, split: Split, device: torch.device, *,
             index: torch.Tensor | None = None, batch_size: int = 256,
             amp: bool = False, channels_last: bool = False) -> Features:
-    """Penultimate features and logits of a split, in eval mode."""
+    """Penultimate features and logits of a split, in eval mode.
+
+    The split's images are gathered where they live (the GPU in a GPU trial, so no batch is
+    copied from the host) and moved to `device` only if they are elsewhere.
+    """
     was_training = model.training
     model.eval()
-    idx = index if index is not None else torch.arange(len(split.labels))
+    home = split.images.device
+    idx = (index.to(home) if index is not None
+           else torch.arange(len(split.labels), device=home))
     feats, logits = [], []
     for start in range(0, len(idx), batch_size):
         batch = idx[start : start + batch_size]
@@ -67,7 +74,8 @@ def extract(model: torch.nn.Module, split: Split, device: torch.device, *,
         feats.append(f)
         logits.append(model.classifier(f).float())  # type: ignore[operator]
     model.train(was_training)
-    out = Features(torch.cat(feats), torch.cat(logits), split.labels[idx].to(device))
+    out = Features(torch.cat(feats), torch.cat(logits),
+                   split.labels[idx.to(split.labels.device)].to(device))
     if not torch.isfinite(out.features).all():
         raise DivergedError("non-finite features")
     return out

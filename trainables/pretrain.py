@@ -13,10 +13,12 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 import torch.nn.functional as F
 from ray import tune
 
+from analysis.errors import InputError
 from trainables.augment import BatchAugment, mixup, normalize
 from trainables.backbones import create_backbone
 from trainables.checkpoint import load_checkpoint, save_checkpoint
@@ -29,7 +31,11 @@ from trainables.optim import build_optimizer, build_scheduler
 def pretrain(config: dict[str, Any]) -> None:
     """Ray Tune entry point: `config` is the flat trial config (TrialConfig.flat())."""
     cfg = TrialConfig.from_flat(config)
-    trainer = Trainer(cfg, threads=trial_threads(), device=pick_device(cfg.training.device))
+    resources = trial_resources()
+    share = None if resources is None else float(resources.get("GPU", 0.0))
+    device = pick_device(cfg.training.device, gpus=share)
+    limit_gpu_memory(device, share)
+    trainer = Trainer(cfg, threads=trial_threads(resources), device=device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -38,6 +44,9 @@ def pretrain(config: dict[str, Any]) -> None:
 
 
 def report_to_tune(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    # Where the trial ran, in every result (result.json, the ResultGrid): a string, so the MLflow
+    # callback, which logs only numeric keys with a '/', leaves it out of the metrics.
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     if state is None:
         tune.report(metrics)
         return
@@ -46,19 +55,53 @@ def report_to_tune(metrics: dict[str, Any], state: dict[str, Any] | None) -> Non
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def trial_threads() -> int:
-    """torch threads = the trial's CPU share (so concurrent trials don't oversubscribe)."""
+def trial_resources() -> dict[str, float] | None:
+    """What Ray reserved for this trial, e.g. {"CPU": 1, "GPU": 0.25}; None outside Tune."""
     try:
-        resources = tune.get_context().get_trial_resources().required_resources
-        return max(1, int(resources.get("CPU", 1)))
+        return dict(tune.get_context().get_trial_resources().required_resources)
     except Exception:  # outside a Tune session (tests, benchmarks)
+        return None
+
+
+def trial_threads(resources: dict[str, float] | None = None) -> int:
+    """torch threads = the trial's CPU share (so concurrent trials don't oversubscribe)."""
+    if resources is None:
         return max(1, torch.get_num_threads())
+    return max(1, int(resources.get("CPU", 1)))
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+def pick_device(choice: str, *, gpus: float | None = None) -> torch.device:
+    """The training device for `training.device`.
+
+    "auto" takes the GPU only when CUDA is visible and the trial holds a GPU share (`gpus` > 0;
+    None outside Ray counts as yes): Ray 2.60 no longer hides the GPUs from a task that asked for
+    none (CUDA_VISIBLE_DEVICES stays unset), so a CPU trial on a GPU node would otherwise use GPU 0
+    without Ray knowing.
+
+    Raises:
+        InputError: "cuda" where no CUDA device is visible.
+    """
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("training.device: 'cuda' but this process sees no CUDA device; "
+                             "allowed here: 'auto' or 'cpu' (on a cluster, give trials a GPU "
+                             "with resources.gpus_per_trial)")
         return torch.device("cuda")
-    return torch.device("cpu")
+    use_gpu = torch.cuda.is_available() and (gpus is None or gpus > 0)
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+def limit_gpu_memory(device: torch.device, share: float | None) -> None:
+    """Cap this process's CUDA allocator at its fraction of the GPU (`gpus_per_trial` < 1).
+
+    Ray shares a GPU between trials by bookkeeping only: it does not isolate GPU memory. With the
+    cap, a trial that outgrows its share fails with its own out-of-memory error instead of
+    starving the trials beside it. (The CUDA context, ~0.3-0.5 GB per process, is outside the cap.)
+    """
+    if device.type == "cuda" and share is not None and 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -70,13 +113,17 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """State of one trial's pretraining, kept apart from Ray so tests can drive it directly."""
 
-    def __init__(self, cfg: TrialConfig, *, threads: int, device: torch.device) -> None:
+    def __init__(self, cfg: TrialConfig, *, threads: int, device: torch.device,
+                 data: DataSplits | None = None) -> None:
         torch.set_num_threads(threads)
         seed_everything(cfg.training.seed)
         self.cfg, self.device, self.threads = cfg, device, threads
-        self.data: DataSplits = load_splits(cfg.dataset)
-        if device.type == "cuda":  # data lives on the GPU: no loader, no pinned memory
-            self.data = self.data.to(device)
+        # The whole data set lives on the training device (uint8: 3 MB per 1,000 RGB 32x32
+        # images): batches are index gathers there, with no loader, no pinned memory and no
+        # host-to-device copy per batch. On the CPU `.to` keeps the memory-mapped arrays.
+        self.data: DataSplits = (data if data is not None else load_splits(cfg.dataset)).to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick kernels once
         self.num_classes = len(self.data.source_train.class_names)
         bb = cfg.backbone
         self.model = create_backbone(
@@ -86,6 +133,8 @@ class Trainer:
         ).to(device)
         if cfg.training.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Training steps go through the compiled module; evaluation calls model.features, which
+        # is not compiled: it runs every `eval_every` epochs at other batch shapes.
         self.forward = torch.compile(self.model) if cfg.training.compile else self.model
         n = len(self.data.source_train.labels)
         self.steps_per_epoch = max(1, n // min(cfg.training.batch_size, n))
@@ -137,14 +186,16 @@ class Trainer:
 
     def epoch_generator(self) -> torch.Generator:
         """Shuffling, augmentation and mixup draw from (seed, epoch) alone, so a trial resumed
-        from a checkpoint sees exactly the batches an uninterrupted one would."""
+        from a checkpoint sees exactly the batches an uninterrupted one would. The generator
+        lives on the training device, so on a GPU the random numbers are drawn there too."""
         torch.manual_seed(self.cfg.training.seed * 100_003 + self.epoch)  # dropout, drop-path
-        return torch.Generator().manual_seed(self.cfg.training.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator(device=self.device)
+        return gen.manual_seed(self.cfg.training.seed * 1_000_003 + self.epoch)
 
     def train_epoch(self) -> dict[str, float]:
         cfg, split = self.cfg.training, self.data.source_train
         gen = self.epoch_generator()
-        order = torch.randperm(len(split.labels), generator=gen)
+        order = torch.randperm(len(split.labels), generator=gen, device=self.device)
         batch = min(cfg.batch_size, len(order))
         self.model.train()
         start = time.perf_counter()
@@ -153,8 +204,7 @@ class Trainer:
         seen = 0
         for step in range(self.steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
-            images = split.images[idx.to(split.images.device)].to(self.device, non_blocking=True)
-            labels = split.labels[idx.to(split.labels.device)].to(self.device)
+            images, labels = split.images[idx], split.labels[idx]  # all on self.device
             loss, hits = self.train_step(images, labels, gen)
             loss_sum += loss.detach() * len(idx)
             correct += hits
@@ -175,9 +225,10 @@ class Trainer:
         target: torch.Tensor = labels
         if cfg.mixup_alpha > 0:
             x, target = mixup(x, labels, cfg.mixup_alpha, self.num_classes, gen)
+        # bf16 autocast around the forward pass only; the loss and its softmax in float32.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
