@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from analysis.runs import StudyRuns
+from analysis.runs import StudyRuns, describe
 
 SHAPE = re.compile(r"^(\d+)w(\d+)s$")
 CLASSIFIERS = ("ncc_raw", "ncc")  # preference order: the bound's own classifier first
@@ -101,8 +101,23 @@ def bound_summary(table: pd.DataFrame) -> pd.DataFrame:
             "median_ratio": float(np.median(g["ratio"])),
             "median_gap": float(np.median(g["gap"])),
             # Holding trivially (bound >= 1) says nothing; this is the informative part.
-            "holds_frac_non_vacuous": informative["holds"].mean() if len(informative) else np.nan,
+            "non_vacuous_holds_frac": informative["holds"].mean() if len(informative) else np.nan,
             "final_holds_frac": fin["holds"].mean() if len(fin) else np.nan,
             "final_median_ratio": float(np.median(fin["ratio"])) if len(fin) else np.nan,
         })
     return pd.DataFrame(rows)
+
+
+def bound_sentences(summary: pd.DataFrame) -> list[str]:
+    """One plain-language line per shape for the report's verdict."""
+    out = []
+    for r in summary.itertuples():
+        err = describe(f"fewshot/{r.shape}/{r.classifier}/acc").replace("accuracy", "error")
+        line = (f"The CDNV bound on the {err} held at "
+                f"{100 * r.holds_frac:.0f}% of {r.points} (trial, epoch) points")
+        if r.non_vacuous_frac < 1:
+            line += f", but {100 * (1 - r.non_vacuous_frac):.0f}% of them were vacuous (≥ 1)"
+        if np.isfinite(r.non_vacuous_holds_frac):
+            line += f"; where it said something it held at {100 * r.non_vacuous_holds_frac:.0f}%"
+        out.append(line + f"; median bound / error {r.median_ratio:.2g}.")
+    return out

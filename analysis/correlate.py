@@ -148,16 +148,23 @@ def partial_spearman(s: Sample) -> np.ndarray:
     """(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)) on ranks: the rank association of x and
     y that is left once each is linearly predicted from the control's ranks.
 
-    Measured here: when x and y are both almost exact monotone functions of the control, their
-    rank residuals are a few swapped neighbours, shared between x and y, and the estimate leans
-    negative (about -0.2 with 24 trials) with an interval that covers 0 too rarely (31 of 40
-    seeds). With realistic noise (Spearman(x, y) about -0.9) the lean is -0.05 and coverage 37/40.
+    Measured: when x and y are near-exact monotone functions of the control, their rank
+    residuals are a few swapped neighbours shared by x and y, and the estimate leans negative
+    (-0.2 at 24 trials; CI covers 0 in 31/40 seeds); with realistic noise, -0.05 and 37/40.
     """
     rx, ry, rz = (s.ranks(v) for v in "xyz")
     rxy, rxz, ryz = (weighted_pearson(a, b, s.w) for a, b in ((rx, ry), (rx, rz), (ry, rz)))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (rxy - rxz * ryz) / np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2))
     return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), np.nan)
+
+
+def format_ci(est: float, lo: float, hi: float) -> str:
+    """'−0.81 [−0.92, −0.62]' with true minus signs; 'n/a' for NaN."""
+    if not np.isfinite(est):
+        return "n/a"
+    s = f"{est:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "")
+    return s.replace("-", "−")
 
 
 @dataclass(frozen=True)
@@ -358,14 +365,15 @@ def comparable_cdnv(frame: pd.DataFrame, split: str) -> tuple[pd.Series | None, 
     are compared through `cdnv_unbiased/<split>`, or failing that the biased value times n/(n-1).
     """
     if f"cdnv_unbiased/{split}" in frame:
-        return frame[f"cdnv_unbiased/{split}"], "unbiased variances (cdnv_unbiased)"
+        return frame[f"cdnv_unbiased/{split}"], "cdnv_unbiased"
     if f"cdnv/{split}" not in frame:
         return None, f"cdnv/{split} not logged"
     keys = _PER_CLASS[split]
     if all(k in frame for k in keys):
         n = frame[list(keys)].astype(float).min(axis=1)
-        return frame[f"cdnv/{split}"] * n / (n - 1), "biased CDNV x n/(n-1) from the config"
-    return frame[f"cdnv/{split}"], "biased CDNV, uncorrected (images per class unknown)"
+        how = "cdnv x n/(n-1), n images per class from the config"
+        return frame[f"cdnv/{split}"] * n / (n - 1), how
+    return frame[f"cdnv/{split}"], "biased cdnv, uncorrected (images per class unknown)"
 
 
 def generalization(study: StudyRuns, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:

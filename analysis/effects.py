@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.correlate import MIN_TRIALS, correlate, primary_transfer
-from analysis.runs import StudyRuns
+from analysis.correlate import MIN_TRIALS, correlate, format_ci, primary_transfer
+from analysis.runs import StudyRuns, describe
 
 MAX_GRID_VALUES = 12
 COLLAPSE_TARGET = "cdnv/target"
@@ -204,3 +204,25 @@ def importances(study: StudyRuns, *, evaluators: tuple[str, ...] = ("fanova", "p
                      for i, (p, v) in enumerate(ranked)]
     return pd.DataFrame(rows, columns=["target", "evaluator", "param", "importance", "rank",
                                        "reason"])
+
+
+def importance_sentences(imp: pd.DataFrame, effects: pd.DataFrame) -> list[str]:
+    """Per target: the parameter fANOVA ranks first, its rank correlation, and whether PED-ANOVA
+    agrees (it looks at the top 10% of trials only, so with few trials it is the shakier)."""
+    out = []
+    for target, g in imp.dropna(subset=["param"]).groupby("target", sort=False):
+        top = {ev: r for ev, r in g[g["rank"] == 1].set_index("evaluator").iterrows()}
+        if "fanova" not in top:
+            continue
+        p = top["fanova"].param
+        line = (f"For {describe(target)}, {p} mattered most (fANOVA importance "
+                f"{top['fanova'].importance:.2f})")
+        e = effects[(effects["param"] == p) & (effects["target"] == target)]
+        if len(e) and np.isfinite(e["spearman"].iloc[0]):
+            r = e.iloc[0]
+            line += f"; Spearman with it {format_ci(r.spearman, r.ci_low, r.ci_high)}"
+        if "ped_anova" in top and top["ped_anova"].param != p:
+            line += (f"; PED-ANOVA ranks {top['ped_anova'].param} first instead, from the top "
+                     f"10% of trials only")
+        out.append(line + ".")
+    return out

@@ -377,3 +377,17 @@ def _searched(tags: dict[str, str], trials: pd.DataFrame, params: list[str]) -> 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Metric columns (names with a '/') in `frame`, in a stable order."""
     return sorted(c for c in frame.columns if "/" in c)
+
+
+def describe(metric: str) -> str:
+    """'fewshot/5w5s/ncc/acc' -> '5-way 5-shot NCC accuracy'; 'cdnv/target' -> 'target CDNV'."""
+    parts = metric.split("/")
+    if parts[0] == "fewshot" and len(parts) == 4:
+        n, k = parts[1].rstrip("s").split("w")
+        clf = {"ncc": "NCC", "ncc_l2": "NCC (L2)", "ncc_raw": "NCC (raw)",
+               "logreg": "log. regression"}.get(parts[2], parts[2])
+        return f"{n}-way {k}-shot {clf} accuracy"
+    if parts[0] in ("cdnv", "cdnv_unbiased", "nc1") and len(parts) == 2:
+        name = {"cdnv": "CDNV", "cdnv_unbiased": "CDNV (unbiased)", "nc1": "NC1"}[parts[0]]
+        return f"{parts[1].replace('_', '-')} {name}"
+    return metric

@@ -48,7 +48,7 @@ def test_holds_vacuous_and_looseness_are_counted_exactly(new_store: Callable[[],
     assert s["points"] == 9 and s["trials"] == 3
     assert s["holds_frac"] == pytest.approx(6 / 9) and s["non_vacuous_frac"] == pytest.approx(6 / 9)
     # informative points only: 2 of trial 0, 3 of trial 1 (all fail), 1 of trial 2
-    assert s["holds_frac_non_vacuous"] == pytest.approx(3 / 6)
+    assert s["non_vacuous_holds_frac"] == pytest.approx(3 / 6)
     assert s["final_holds_frac"] == pytest.approx(2 / 3)
     assert s["median_ratio"] == pytest.approx(np.median(t["bound"] / t["error"]))
 
