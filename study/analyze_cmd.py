@@ -1,0 +1,45 @@
+"""`nctune analyze NAME`: does collapse predict transfer? Writes the study's report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="correlate collapse with transfer across a study's trials; write a report",
+        description="Load a study's runs from MLflow, correlate collapse (CDNV, NC1) with "
+        "few-shot transfer across trials, measure regularization effects and the CDNV bound, "
+        "and write a report with figures; the report and headline numbers are also logged to "
+        "the study's parent MLflow run.")
+    p.add_argument("name", help="study name")
+    p.add_argument("--format", choices=["html", "md"], default="html",
+                   help="report format (default: html, self-contained)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<cwd>/nctune-runs/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: nctune)")
+    p.add_argument("--out", default=None, type=Path,
+                   help="output folder (default: nctune-runs/studies/NAME/report/)")
+    p.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.report import analyze
+
+    report = analyze(args.name, args.tracking_uri, args.out, fmt=args.format,
+                     experiment=args.experiment)
+    for line in report.verdict:
+        print(f"  {line}")
+    print(f"report: {report.path}")
+    if report.log_error:
+        print(f"nctune: warning: {report.log_error}", file=sys.stderr)
+    if report.too_few:
+        # The report is written (it says why); the command still fails so scripts notice.
+        raise InputError(f"study {args.name!r}: no correlation: {report.too_few}; "
+                         f"see {report.path}")
+    return 0
