@@ -120,6 +120,9 @@ def measure(splits: Any, *, small_stem: bool, batch: int, steps: int) -> dict[st
         "ratio": round(best["fixed"] / best["pipeline"], 3),
         "ratio_median": round(median["fixed"] / median["pipeline"], 3),
         "pipeline_only_ms_per_batch": round(1e3 * min(alone), 2),
+        # What the ratio would be if the pipeline's cost simply added to the step's: a check on
+        # the measured ratio that the machine's load barely moves (the pipeline is timed alone).
+        "ratio_additive": round(best["fixed"] / (best["fixed"] + min(alone)), 4),
         "steps": steps,
     }
 
