@@ -7,8 +7,8 @@ within-class scatter matrix that NC1 needs. Its frozen result is a `ClassStats`;
 accumulators hold streaming state, measures are functions).
 
 Why hand-written: no library keeps exact per-class second moments streaming on torch tensors.
-Each chunk of a batch is reduced two-pass (class means first, then deviations from them) in
-float64, and chunks are merged with Chan et al.'s parallel update
+Each batch is reduced two-pass in float64 (class means first, then deviations from them, in
+chunks of rows), and batches and accumulators are merged with Chan et al.'s parallel update
 
     n = n_a + n_b,  delta = mu_b - mu_a,  mu = mu_a + delta n_b / n,
     M2 = M2_a + M2_b + ||delta||^2 n_a n_b / n,  S = S_a + S_b + delta delta^T n_a n_b / n,

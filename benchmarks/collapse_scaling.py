@@ -111,10 +111,14 @@ def main() -> None:
     parser.add_argument("--ref-pairs", type=int, default=50_000,
                         help="pairs the reference loop is timed on (then scaled to all)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours; the best counts")
-    parser.add_argument("--outer-classes", type=int, default=10,
+    parser.add_argument("--outer-classes", type=int, default=3,
                         help="classes the outer-product scatter (context) is timed on")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for both sides (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     c = args.classes
     x, y = make_features(c, args.samples, args.dim, args.seed)
 
