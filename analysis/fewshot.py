@@ -8,7 +8,8 @@
 Classifiers (`list_classifiers()`): "ncc" (nearest class centre on centred-then-L2 features,
 SimpleShot's CL2N; needs `center`), "ncc_l2", "ncc_raw", "logreg" (RFS's logistic probe).
 Episodes are evaluated in chunks sized to a fixed memory budget, from inner products only
-(`analysis.fewshot_kernels`); nothing loops over episodes in Python.
+(`analysis.fewshot_kernels`); nothing loops over episodes in Python. A query whose top score is
+shared by t ways, its own among them, counts 1/t (`episode_accuracy`).
 
 The bank is built by `analysis.fewshot_episodes`, classifiers live in
 `analysis.fewshot_classifiers` and `analysis.fewshot_logreg`; this module is the public face.
@@ -31,7 +32,7 @@ from analysis.fewshot_classifiers import (
     register_classifier,
 )
 from analysis.fewshot_episodes import EpisodeBank, format_shape, parse_shape, sample_episodes
-from analysis.fewshot_kernels import elements_per_episode, make_kernel
+from analysis.fewshot_kernels import make_kernel
 
 __all__ = [
     "BOUND_CONSTANT",
@@ -39,6 +40,7 @@ __all__ = [
     "FewShotClassifier",
     "FewShotResult",
     "create_classifier",
+    "episode_accuracy",
     "evaluate_episodes",
     "format_shape",
     "list_classifiers",
@@ -48,8 +50,6 @@ __all__ = [
     "sample_episodes",
 ]
 
-# Elements of the largest temporary per chunk of episodes (2^24: 64 MiB in float32).
-CHUNK_ELEMENTS = 1 << 24
 # The constant c in  E[NCC error] <= c (n - 1) (1 + 1/k) CDNV  (see ncc_error_bound).
 BOUND_CONSTANT = 8.0
 
@@ -123,22 +123,38 @@ def evaluate_episodes(
         )
         kernel = make_kernel(feats, episodes=episodes, n_way=n, k_shot=k, q_query=q, method=method)
         per_episode = max(
-            elements_per_episode(kernel, n, k, q, int(feats.shape[1])), clf.extra_elements(n, k, q)
+            kernel.elements_per_episode(n, k, q, int(feats.shape[1])), clf.extra_elements(n, k, q)
         )
-        chunk = max(1, CHUNK_ELEMENTS // per_episode)
+        chunk = max(1, kernel.chunk_elements // per_episode)
         support = bank.support.to(features.device)
         query = bank.query.to(features.device)
-        truth = torch.arange(n, device=features.device)[None, :, None]
         parts = []
         for start in range(0, episodes, chunk):
             stop = min(start + chunk, episodes)
-            pred = clf.predict(kernel, support[start:stop], query[start:stop])
-            parts.append((pred == truth).to(torch.float64).mean(dim=(1, 2)))
+            scores = clf.scores(kernel, support[start:stop], query[start:stop])
+            parts.append(episode_accuracy(scores, q))
     acc = torch.cat(parts).cpu()
     std = float(acc.std(unbiased=False)) if acc.numel() > 1 else 0.0
     return FewShotResult(
         accuracies=acc, mean=float(acc.mean()), ci95=1.96 * std / math.sqrt(acc.numel())
     )
+
+
+def episode_accuracy(scores: Tensor, q_query: int) -> Tensor:
+    """(B,) float64 accuracy of each episode from (B, n, n q) way scores (see `scores`).
+
+    A query is right when its own way scores highest. Exact ties (t ways sharing the top score,
+    the right one among them) earn 1/t, the expected credit of breaking the tie at random:
+    deterministic, unbiased, and the same as argmax wherever there is no tie. An amax over
+    ways, unlike an argmax over a dimension of size n, is one fast vectorised reduction.
+    """
+    bsz, n_way, num_q = scores.shape
+    truth = torch.arange(n_way, device=scores.device).repeat_interleave(q_query)
+    own = torch.gather(scores, 1, truth.expand(bsz, 1, num_q))[:, 0]  # (B, n q)
+    top = scores.amax(dim=1)
+    tied = torch.count_nonzero(scores == top[:, None, :], dim=1)
+    credit = (own == top) / tied  # 0 or 1 unless tied
+    return credit.sum(dim=1, dtype=torch.float64) / num_q
 
 
 def ncc_error_bound(cdnv: float, n_way: int, k_shot: int) -> float:

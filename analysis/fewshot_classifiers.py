@@ -1,8 +1,8 @@
 """Few-shot classifiers in a registry (timm style): `@register_classifier(name)` + factory.
 
 A classifier is two steps: `transform` maps the whole feature bank once (L2-normalise, centre),
-then `predict` labels the queries of a chunk of episodes from inner products alone (see
-`analysis.fewshot_kernels`), so no classifier loops over episodes.
+then `scores` rates every way for every query of a chunk of episodes from inner products alone
+(see `analysis.fewshot_kernels`), so no classifier loops over episodes.
 
 Registered here: the three nearest-class-centre (NCC) variants. The logistic probe ("logreg")
 registers itself in `analysis.fewshot_logreg`.
@@ -39,8 +39,8 @@ class FewShotClassifier(ABC):
         return features
 
     @abstractmethod
-    def predict(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
-        """Predicted way (0..n-1) of every query.
+    def scores(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
+        """Score of every way for every query; the predicted way is the highest.
 
         Args:
             kernel: inner products between transformed features.
@@ -48,8 +48,13 @@ class FewShotClassifier(ABC):
             query: (B, n, q) row indices.
 
         Returns:
-            (B, n, q) int64 predicted way index; query[:, w] is correct where it equals w.
+            (B, n, n q) floating scores: [b, w, v q + j] scores way w for query[b, v, j].
         """
+
+    def predict(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
+        """(B, n, q) predicted way of every query (the first highest-scoring way)."""
+        bsz, n_way, q_query = query.shape
+        return self.scores(kernel, support, query).argmax(dim=1).view(bsz, n_way, q_query)
 
     def extra_elements(self, n_way: int, k_shot: int, q_query: int) -> int:
         """Largest temporary per episode beyond the kernel's, in elements (to size chunks)."""
@@ -91,18 +96,15 @@ class _NearestClassCentre(FewShotClassifier):
 
     With S_w the sum of the k support features of way w,
         ||x - S_w / k||^2 = ||x||^2 - (2/k) <x, S_w> + ||S_w||^2 / k^2,
-    and ||x||^2 is the same for every way, so the prediction is
-        argmax_w (2/k) <x, S_w> - ||S_w||^2 / k^2,
-    which needs only inner products (a Gram-matrix gather, no prototype tensor).
+    and ||x||^2 is the same for every way, so ranking ways by (k/2) times minus that,
+        score_w = <x, S_w> - ||S_w||^2 / (2k),
+    picks the nearest centre; it needs only inner products (Gram entries, no prototypes).
     """
 
-    def predict(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
-        bsz, n_way, k_shot = support.shape
-        q_query = query.shape[2]
-        cross = kernel.cross_sum(query.reshape(bsz, n_way * q_query), support)  # (B, nq, n)
-        sqnorm = kernel.group_sqnorm(support)  # (B, n)
-        score = cross * (2.0 / k_shot) - sqnorm[:, None, :] / float(k_shot * k_shot)
-        return score.argmax(dim=-1).view(bsz, n_way, q_query)
+    def scores(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
+        bsz, _, k_shot = support.shape
+        cross, sqnorm = kernel.group_products(query.reshape(bsz, -1), support)
+        return cross.sub_(sqnorm.mul_(0.5 / k_shot)[:, :, None])
 
 
 @register_classifier("ncc_raw")

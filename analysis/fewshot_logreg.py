@@ -54,21 +54,19 @@ class LogisticProbe(FewShotClassifier):
     def transform(self, features: Tensor, center: Tensor | None) -> Tensor:
         return F.normalize(features, dim=1)
 
-    def predict(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
+    def scores(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
         bsz, n_way, k_shot = support.shape
-        q_query = query.shape[2]
         sup = support.reshape(bsz, n_way * k_shot)
-        qry = query.reshape(bsz, n_way * q_query)
+        qry = query.reshape(bsz, -1)
         z_sup, z_qry = reduce_to_span(kernel.inner(sup, sup), kernel.inner(qry, sup))
         y = torch.arange(n_way, device=support.device).repeat_interleave(k_shot)
         theta = fit_multinomial(z_sup, y, n_way, sklearn_penalty(n_way, self.C))
-        logits = _augment(z_qry) @ theta
-        return logits.argmax(dim=-1).view(bsz, n_way, q_query)
+        return (_augment(z_qry) @ theta).transpose(1, 2)  # logits, (B, n, n q)
 
     def extra_elements(self, n_way: int, k_shot: int, q_query: int) -> int:
         m = n_way * k_shot
         p = (m + 1) * n_way
-        return p * p + m * (m + 1) ** 2 + m * n_way * n_way
+        return max(p * p, m * p * n_way)  # the Hessian and its factor V
 
 
 def sklearn_penalty(n_classes: int, C: float) -> float:
@@ -114,13 +112,16 @@ def fit_multinomial(z: Tensor, y: Tensor, n_classes: int, penalty: float) -> Ten
     bsz, m, r = z.shape
     za = _augment(z)  # (B, m, r + 1)
     r1 = r + 1
+    p = r1 * n_classes
     onehot = F.one_hot(y, n_classes).to(z.dtype)  # (m, n)
     penal = torch.ones(r1, n_classes, dtype=z.dtype, device=z.device)
     penal[r] = 0.0  # intercept row
-    free = torch.ones(r1 * n_classes, dtype=torch.bool, device=z.device)
-    free[r * n_classes] = False  # b[0] fixed at 0: the softmax is shift invariant
-    outer = (za[:, :, :, None] * za[:, :, None, :]).reshape(bsz, m, r1 * r1)
-    eye_pen = torch.diag_embed(penal.reshape(-1)[free] * penalty)
+    # b[0] is held at 0 (the softmax is shift invariant): its gradient entry is zeroed and its
+    # Hessian row and column replaced by the identity's, so its Newton step is exactly 0.
+    fixed = r * n_classes
+    diag = penalty * penal.reshape(-1)
+    diag[fixed] = 1.0
+    za_t = za.transpose(1, 2)  # (B, r1, m)
 
     def objective(theta: Tensor) -> Tensor:
         logits = za @ theta
@@ -131,23 +132,25 @@ def fit_multinomial(z: Tensor, y: Tensor, n_classes: int, penalty: float) -> Ten
     value = objective(theta)
     for _ in range(_MAX_NEWTON):
         prob = torch.softmax(za @ theta, dim=-1)  # (B, m, n)
-        grad = za.transpose(1, 2) @ (prob - onehot) + penalty * penal * theta
-        g = grad.reshape(bsz, -1)[:, free]
+        g = (za_t @ (prob - onehot) + penalty * penal * theta).reshape(bsz, p)
+        g[:, fixed] = 0.0
         active = g.abs().amax(dim=1) > _GRAD_TOL
         if not bool(active.any()):
             break
-        # Hessian of the loss: sum_i (z_i z_i^T) kron (diag(p_i) - p_i p_i^T).
+        # Hessian of the loss, sum_i (z_i z_i^T) kron (diag(p_i) - p_i p_i^T), as one batched
+        # matmul that lands in (a, c, a', c') order: H[a, (c, a', c')] = sum_i z_ia V_i[c, a', c']
+        # with V_i[c, a', c'] = z_ia' S_i[c, c'].
         curv = torch.diag_embed(prob) - prob[..., :, None] * prob[..., None, :]  # (B, m, n, n)
-        hess = outer.transpose(1, 2) @ curv.reshape(bsz, m, -1)  # (B, r1 r1, n n)
-        hess = hess.view(bsz, r1, r1, n_classes, n_classes).permute(0, 1, 3, 2, 4)
-        hess = hess.reshape(bsz, r1 * n_classes, r1 * n_classes)[:, free][:, :, free] + eye_pen
+        v = curv[:, :, :, None, :] * za[:, :, None, :, None]  # (B, m, n, r1, n)
+        hess = (za_t @ v.reshape(bsz, m, -1)).view(bsz, p, p)
+        hess[:, fixed, :] = 0.0
+        hess[:, :, fixed] = 0.0
+        hess.diagonal(dim1=1, dim2=2).add_(diag)
         # LU via linalg.solve: batched Cholesky is 10-30x slower on CPU here (MKL threading).
-        step_free, info = torch.linalg.solve_ex(hess, -g)
-        step_free = torch.where((info == 0)[:, None], step_free, -g)  # safeguard: gradient step
-        step_free = torch.where(active[:, None], step_free, torch.zeros_like(step_free))
-        step = torch.zeros(bsz, r1 * n_classes, dtype=z.dtype, device=z.device)
-        step[:, free] = step_free
-        slope = (g * step_free).sum(-1)  # < 0 where active
+        step, info = torch.linalg.solve_ex(hess, -g)
+        step = torch.where((info == 0)[:, None], step, -g)  # safeguard: a gradient step
+        step = torch.where(active[:, None], step, torch.zeros_like(step))
+        slope = (g * step).sum(-1)  # < 0 where active
         # A predicted decrease below the rounding of the objective cannot be checked by a line
         # search; there Newton is in its quadratic phase and the full step is taken.
         full = -slope <= 1e-12 * (1.0 + value.abs())

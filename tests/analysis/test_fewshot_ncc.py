@@ -14,6 +14,7 @@ import analysis.fewshot_classifiers as registry
 from analysis.fewshot import (
     BOUND_CONSTANT,
     FewShotClassifier,
+    episode_accuracy,
     evaluate_episodes,
     list_classifiers,
     ncc_error_bound,
@@ -120,6 +121,21 @@ def test_result_mean_and_ci95_follow_their_formulas() -> None:
     assert 0 < res.ci95 < 0.1
 
 
+def test_episode_accuracy_splits_ties() -> None:
+    # scores[b, w, i] rates way w for query i; with q_query=1, query i belongs to way i.
+    scores = torch.tensor(
+        [
+            [[5.0, 0.0, 3.0], [1.0, 2.0, 3.0], [0.0, 1.0, 1.0]],
+            [[1.0, 0.0, 2.0], [1.0, 0.0, 2.0], [0.0, 0.0, 2.0]],
+        ]
+    )
+    acc = episode_accuracy(scores, q_query=1)
+    # Episode 0: queries 0 and 1 right; query 2's top (3) is shared by ways 0 and 1, not its own.
+    # Episode 1: query 0 ties 2 ways (own among them): 1/2; queries 1 and 2 tie all 3: 1/3 each.
+    want = torch.tensor([2 / 3, (1 / 2 + 1 / 3 + 1 / 3) / 3], dtype=torch.float64)
+    torch.testing.assert_close(acc, want)
+
+
 def test_max_episodes_evaluates_the_first_episodes() -> None:
     x, labels = _clusters(10, 20, 8, noise=2.0, seed=4)
     bank = sample_episodes(labels, n_way=5, k_shot=2, q_query=5, episodes=300, seed=0)
@@ -167,8 +183,11 @@ def test_registry_lists_and_creates_classifiers(monkeypatch: pytest.MonkeyPatch)
 
     @register_classifier("always_way0")
     class AlwaysFirstWay(FewShotClassifier):
-        def predict(self, kernel, support, query):
-            return torch.zeros_like(query)
+        def scores(self, kernel, support, query):
+            bsz, n_way, q_query = query.shape
+            out = torch.zeros(bsz, n_way, n_way * q_query)
+            out[:, 0] = 1.0
+            return out
 
     x, labels = _clusters(6, 10, 4, noise=1.0, seed=0)
     bank = sample_episodes(labels, n_way=3, k_shot=2, q_query=4, episodes=10, seed=0)
