@@ -18,6 +18,7 @@ The bank is built by `analysis.fewshot_episodes`, classifiers live in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "list_classifiers",
     "ncc_error_bound",
     "parse_shape",
+    "predict_episodes",
     "register_classifier",
     "sample_episodes",
 ]
@@ -99,6 +101,43 @@ def evaluate_episodes(
         InputError: non-finite or misshapen features, a length that does not match the bank,
             a missing or bad centre, an unknown classifier, max_episodes < 1.
     """
+    parts = [
+        episode_accuracy(scores, bank.q_query)
+        for scores in _chunk_scores(features, bank, classifier, center, max_episodes, method)
+    ]
+    acc = torch.cat(parts).cpu()
+    std = float(acc.std(unbiased=False)) if acc.numel() > 1 else 0.0
+    return FewShotResult(
+        accuracies=acc, mean=float(acc.mean()), ci95=1.96 * std / math.sqrt(acc.numel())
+    )
+
+
+def predict_episodes(
+    features: Tensor,
+    bank: EpisodeBank,
+    classifier: str | FewShotClassifier,
+    *,
+    center: Tensor | None = None,
+    max_episodes: int | None = None,
+    method: str | None = None,
+) -> Tensor:
+    """(E, n, q) predicted way of every query (first highest score); arguments as evaluate's."""
+    parts = [
+        scores.argmax(dim=1).view(-1, bank.n_way, bank.q_query)
+        for scores in _chunk_scores(features, bank, classifier, center, max_episodes, method)
+    ]
+    return torch.cat(parts)
+
+
+def _chunk_scores(
+    features: Tensor,
+    bank: EpisodeBank,
+    classifier: str | FewShotClassifier,
+    center: Tensor | None,
+    max_episodes: int | None,
+    method: str | None,
+) -> Iterator[Tensor]:
+    """Validate, transform the bank once, then yield (B, n, n q) way scores chunk by chunk."""
     clf = create_classifier(classifier) if isinstance(classifier, str) else classifier
     if not isinstance(bank, EpisodeBank):
         raise InputError(f"bank must be an EpisodeBank (from sample_episodes), got {type(bank)}")
@@ -122,22 +161,17 @@ def evaluate_episodes(
             None if center_t is None else center_t.to(features.device, dtype),
         )
         kernel = make_kernel(feats, episodes=episodes, n_way=n, k_shot=k, q_query=q, method=method)
-        per_episode = max(
-            kernel.elements_per_episode(n, k, q, int(feats.shape[1])), clf.extra_elements(n, k, q)
-        )
-        chunk = max(1, kernel.chunk_elements // per_episode)
-        support = bank.support.to(features.device)
-        query = bank.query.to(features.device)
-        parts = []
-        for start in range(0, episodes, chunk):
-            stop = min(start + chunk, episodes)
-            scores = clf.scores(kernel, support[start:stop], query[start:stop])
-            parts.append(episode_accuracy(scores, q))
-    acc = torch.cat(parts).cpu()
-    std = float(acc.std(unbiased=False)) if acc.numel() > 1 else 0.0
-    return FewShotResult(
-        accuracies=acc, mean=float(acc.mean()), ci95=1.96 * std / math.sqrt(acc.numel())
+    per_episode = max(
+        kernel.elements_per_episode(n, k, q, int(feats.shape[1])), clf.extra_elements(n, k, q)
     )
+    chunk = max(1, kernel.chunk_elements // per_episode)
+    support = bank.support.to(features.device)
+    query = bank.query.to(features.device)
+    for start in range(0, episodes, chunk):
+        stop = min(start + chunk, episodes)
+        with torch.no_grad():  # not held across the yield: it would leak into the caller
+            scores = clf.scores(kernel, support[start:stop], query[start:stop])
+        yield scores
 
 
 def episode_accuracy(scores: Tensor, q_query: int) -> Tensor:

@@ -8,8 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
-from analysis.fewshot import create_classifier, evaluate_episodes, sample_episodes
-from analysis.fewshot_kernels import make_kernel
+from analysis.fewshot import evaluate_episodes, predict_episodes, sample_episodes
 from analysis.fewshot_logreg import fit_multinomial, reduce_to_span, sklearn_penalty
 
 
@@ -34,17 +33,7 @@ def _sklearn_predictions(x: np.ndarray, support: np.ndarray, query: np.ndarray, 
 
 
 def _our_predictions(x: torch.Tensor, bank, method: str | None = None) -> np.ndarray:
-    clf = create_classifier("logreg")
-    feats = clf.transform(x.double(), None)
-    kernel = make_kernel(
-        feats,
-        episodes=bank.episodes,
-        n_way=bank.n_way,
-        k_shot=bank.k_shot,
-        q_query=bank.q_query,
-        method=method,
-    )
-    return clf.predict(kernel, bank.support, bank.query).numpy()
+    return predict_episodes(x, bank, "logreg", method=method).numpy()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from analysis.fewshot import (
     evaluate_episodes,
     list_classifiers,
     ncc_error_bound,
+    predict_episodes,
     register_classifier,
     sample_episodes,
 )
@@ -119,6 +120,18 @@ def test_result_mean_and_ci95_follow_their_formulas() -> None:
     assert res.mean == pytest.approx(acc.mean(), abs=1e-15)
     assert res.ci95 == pytest.approx(1.96 * acc.std() / math.sqrt(300), rel=1e-12)
     assert 0 < res.ci95 < 0.1
+
+
+@pytest.mark.parametrize("classifier", ["ncc", "logreg"])
+def test_predictions_agree_with_accuracies(classifier: str) -> None:
+    x, labels = _clusters(10, 20, 8, noise=2.0, seed=8)
+    bank = sample_episodes(labels, n_way=5, k_shot=2, q_query=6, episodes=80, seed=0)
+    pred = predict_episodes(x, bank, classifier, center=x.mean(0))
+    assert pred.shape == (80, 5, 6) and pred.dtype == torch.int64
+    acc = (pred == torch.arange(5)[None, :, None]).double().mean(dim=(1, 2))
+    res = evaluate_episodes(x, bank, classifier, center=x.mean(0))
+    torch.testing.assert_close(acc, res.accuracies)
+    assert torch.is_grad_enabled()  # evaluation must not leave autograd switched off
 
 
 def test_episode_accuracy_splits_ties() -> None:
