@@ -160,7 +160,8 @@ def _chunk_scores(
             features.detach().to(dtype),
             None if center_t is None else center_t.to(features.device, dtype),
         )
-        kernel = make_kernel(feats, episodes=episodes, n_way=n, k_shot=k, q_query=q, method=method)
+        costs = clf.kernel_costs(n, k, q, int(feats.shape[0]), int(feats.shape[1]))
+        kernel = make_kernel(feats, episodes=episodes, costs=costs, method=method)
     per_episode = max(
         kernel.elements_per_episode(n, k, q, int(feats.shape[1])), clf.extra_elements(n, k, q)
     )

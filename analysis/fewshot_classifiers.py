@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.errors import InputError
-from analysis.fewshot_kernels import Kernel
+from analysis.fewshot_kernels import GATHER_WEIGHT, Kernel
 
 _REGISTRY: dict[str, Callable[[], FewShotClassifier]] = {}
 _T = TypeVar("_T", bound=Callable[[], "FewShotClassifier"])
@@ -59,6 +59,18 @@ class FewShotClassifier(ABC):
     def extra_elements(self, n_way: int, k_shot: int, q_query: int) -> int:
         """Largest temporary per episode beyond the kernel's, in elements (to size chunks)."""
         return 0
+
+    def kernel_costs(
+        self, n_way: int, k_shot: int, q_query: int, num_items: int, dim: int
+    ) -> tuple[int, int]:
+        """Per-episode work (multiply-adds) with gathered features, and with a Gram matrix.
+
+        The default is NCC's: gathering reads n (k + q) rows, sums n k of them and takes n^2 q
+        products of length d; a Gram matrix instead sums n k rows of length N.
+        """
+        gather = GATHER_WEIGHT * n_way * (k_shot + q_query) * dim
+        gather += n_way * (k_shot + n_way * q_query) * dim
+        return gather, n_way * k_shot * num_items + n_way * n_way * q_query
 
 
 def register_classifier(name: str) -> Callable[[_T], _T]:

@@ -13,7 +13,7 @@ the support Gram matrix and query-support products. Two sources provide them:
   the bank is so large (N^2 above the work of the episodes, or above memory) that a Gram
   matrix does not pay for itself.
 
-`make_kernel` picks between them from the sizes.
+`make_kernel` picks between them from the sizes and the classifier's per-episode costs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from torch import Tensor
 
 # Largest Gram matrix built (entries): 2^26 is 256 MiB in float32, 512 MiB in float64.
 GRAM_MAX_ELEMENTS = 1 << 26
+# A gathered feature entry costs about this many multiply-adds (a copy out of cache or memory,
+# against a blocked matmul): per-element times measured 3-8x apart on this CPU.
+GATHER_WEIGHT = 8
 
 
 class GramKernel:
@@ -87,20 +90,27 @@ Kernel = GramKernel | FeatureKernel
 
 
 def make_kernel(
-    features: Tensor, *, episodes: int, n_way: int, k_shot: int, q_query: int, method: str | None
+    features: Tensor, *, episodes: int, costs: tuple[int, int], method: str | None
 ) -> Kernel:
     """The cheaper kernel source for evaluating `episodes` episodes on `features` (N, d).
 
-    A Gram matrix costs N^2 d once and then n k N per episode; gathering costs about
-    n (k + q + n q) d per episode (the rows, their sums and the query-prototype products).
-    `method` ("gram" or "gather") overrides the choice, for tests and benchmarks.
+    Args:
+        features: (N, d) transformed features.
+        episodes: how many episodes will be evaluated.
+        costs: per-episode work with gathered features and with a Gram matrix, in
+            multiply-add units (`FewShotClassifier.kernel_costs`); the Gram matrix itself
+            costs N^2 d once.
+        method: "gram" or "gather" overrides the choice (tests, benchmarks).
     """
     if method is None:
         n, d = int(features.shape[0]), int(features.shape[1])
-        gather_cost = episodes * n_way * (k_shot + q_query + n_way * q_query) * d
-        gram_cost = n * n * d + episodes * n_way * k_shot * n
-        gram = n * n <= GRAM_MAX_ELEMENTS and gram_cost <= gather_cost
-        method = "gram" if gram else "gather"
+        gather_cost, gram_cost = costs
+        fits = n * n <= GRAM_MAX_ELEMENTS
+        method = (
+            "gram"
+            if fits and n * n * d + episodes * gram_cost <= episodes * gather_cost
+            else "gather"
+        )
     if method == "gram":
         return GramKernel(features)
     if method == "gather":

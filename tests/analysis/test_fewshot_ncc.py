@@ -22,6 +22,7 @@ from analysis.fewshot import (
     register_classifier,
     sample_episodes,
 )
+from analysis.fewshot_kernels import make_kernel
 
 NCC = ["ncc", "ncc_raw", "ncc_l2"]
 
@@ -89,6 +90,19 @@ def test_gram_and_gather_agree_in_float32() -> None:
         b = evaluate_episodes(x, bank, variant, center=center, method="gather")
         # float32 rounding may flip a near-tied query: allow a handful out of 30,000.
         assert (a.accuracies - b.accuracies).abs().sum() * 75 <= 5
+
+
+def test_kernel_choice_follows_the_costs() -> None:
+    ncc = registry.create_classifier("ncc_raw")
+    small = torch.randn(800, 512)
+    costs = ncc.kernel_costs(5, 5, 15, 800, 512)
+    assert make_kernel(small, episodes=10_000, costs=costs, method=None).kind == "gram"
+    assert make_kernel(small, episodes=5, costs=costs, method=None).kind == "gather"
+    large = torch.randn(9000, 4)  # its Gram matrix would be over GRAM_MAX_ELEMENTS
+    costs = ncc.kernel_costs(5, 5, 15, 9000, 4)
+    assert make_kernel(large, episodes=10**6, costs=costs, method=None).kind == "gather"
+    with pytest.raises(ValueError, match="method must be 'gram', 'gather' or None"):
+        make_kernel(small, episodes=1, costs=costs, method="dense")
 
 
 @pytest.mark.parametrize("classifier", ["ncc", "ncc_raw", "ncc_l2", "logreg"])
