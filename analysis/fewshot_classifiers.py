@@ -26,7 +26,7 @@ _T = TypeVar("_T", bound=Callable[[], "FewShotClassifier"])
 
 
 class FewShotClassifier(ABC):
-    """Base class: a feature transform and a batched predictor over episodes."""
+    """Base class: a feature transform and batched way scores over episodes."""
 
     name: str = ""
     requires_center: bool = False
@@ -50,11 +50,6 @@ class FewShotClassifier(ABC):
         Returns:
             (B, n, n q) floating scores: [b, w, v q + j] scores way w for query[b, v, j].
         """
-
-    def predict(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
-        """(B, n, q) predicted way of every query (the first highest-scoring way)."""
-        bsz, n_way, q_query = query.shape
-        return self.scores(kernel, support, query).argmax(dim=1).view(bsz, n_way, q_query)
 
     def extra_elements(self, n_way: int, k_shot: int, q_query: int) -> int:
         """Largest temporary per episode beyond the kernel's, in elements (to size chunks)."""
