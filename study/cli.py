@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "study.datasets_cmd",
     "study.cluster",
     "study.analyze_cmd",
+    "study.ui",
 ]
 
 
