@@ -203,20 +203,25 @@ def ncc_error_bound(cdnv: float, n_way: int, k_shot: int) -> float:
     >= 1 are vacuous; the bound is returned unclipped so that it stays comparable across runs.
 
     Source. Galanti, György & Hutter, "On the Role of Neural Collapse in Transfer Learning"
-    (ICLR 2022, arXiv 2112.15121), bound the few-shot error of the nearest-class-centre
-    classifier h_{f,S}(x) = argmin_c ||f(x) - mu_f(S_c)|| on a k-class target task with n
-    samples per class by a multiple of (k - 1) * Avg_{i != j} V_f(P_i, P_j) * (1 + 1/n) (their
-    k, n are our n_way, k_shot). We could not obtain the paper's text to quote the proposition
-    and its constant verbatim (the stored sources found give only the later, sample-based
-    version, arXiv 2212.12532, in simplified "<~" form), so the constant implemented here is
-    the one proved below, for the same quantity and the same shape of bound.
+    (ICLR 2022, arXiv 2112.15121) bound the expected few-shot error of the nearest-class-centre
+    classifier h_{f,S}(x) = argmin_c ||f(x) - mu_f(S_c)|| on new classes by the CDNV. We could
+    not obtain that paper's text, so its proposition (number and constant) is NOT quoted here.
+    What we could read is the first author's summary of the journal version (arXiv 2212.12532;
+    blog "Why Pretrained Classifiers Work So Well in Few-Shot Learning", dlfundamentals.github.io,
+    2026-03-11): per pair of classes the NCC loss is <~ (1 + 1/n) V_f(Q_i, Q_j) + (1/n)
+    V_f(Q_j, Q_i), with V_f(Q_i, Q_j) = Var_f(Q_i) / ||mu_i - mu_j||^2, and a union bound over
+    the k - 1 wrong classes gives the leading term (k - 1) Avg_{i != j} V_f, constants
+    suppressed (their k, n are our n_way, k_shot). The statement below has that shape, with
+    its constant proved; the pairwise step reads 8 (1 + 1/(2k)) V_ij + (4/k) V_ji in their
+    asymmetric V.
 
     Statement. Let an n-way k-shot episode draw n distinct classes uniformly from a pool, then
     k support items and a query item of each class uniformly (with or without replacement;
     supports and queries may be disjoint). Let mu_c and Var_c = E||f(x) - mu_c||^2 be the mean
     and variance of class c over its items, and CDNV the average over the pool's class pairs.
     Then the expected NCC error (ties counted as errors) is at most 8 (n - 1)(1 + 1/k) CDNV.
-    The paper's assumptions are the same up to its i.i.d. sampling of support and query.
+    This covers the setting of the summary above (new classes drawn from a population, n
+    samples per class), here for the finite pool the episodes come from.
 
     Proof. Fix ways i != j; write x = mu_i + z for a query of way i, m_i = mu_i + a and
     m_j = mu_j + b for the support means, D = mu_i - mu_j. Misclassifying x as j requires
