@@ -26,6 +26,9 @@ from analysis.runs import StudyRuns
 CONTROL = "source/test_acc"
 CDNV_SPLITS = ("source_train", "source_test", "target")
 MIN_TRIALS = 3
+# Below this many trials a bootstrap has too few distinct resamples (3 trials: 10) for its
+# percentiles to mean anything: estimates and p-values only, no interval.
+MIN_BOOT_TRIALS = 5
 # Kendall's bootstrap costs O(points^2) per replicate; above this many pooled points it is left
 # to the (trial-level) interval, which is the one the verdict uses anyway.
 MAX_KENDALL_POINTS = 800
@@ -111,7 +114,23 @@ def _t_pvalue(r: float, dof: int) -> float:
     return float(2 * stats.t.sf(abs(t), dof))
 
 
-@register_method("spearman", pvalue=lambda x, y, z, r: float(stats.spearmanr(x, y).pvalue))
+def _spearman_p(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, r: float) -> float:
+    """scipy's t approximation from 10 trials up; below, a permutation test (exact up to 7
+    trials): at 4 trials a perfect ranking has p = 2/24, where the t approximation says 0."""
+    if len(x) >= 10:
+        return float(stats.spearmanr(x, y).pvalue)
+    b = stats.rankdata(x) - (len(x) + 1) / 2
+
+    def stat(a: np.ndarray, axis: int = -1) -> np.ndarray:
+        a = a - a.mean(axis=axis, keepdims=True)
+        return (a * b).sum(axis) / np.sqrt((a * a).sum(axis) * (b * b).sum())
+
+    return float(stats.permutation_test((stats.rankdata(y),), stat, vectorized=True,
+                                        permutation_type="pairings", n_resamples=9999,
+                                        rng=0).pvalue)
+
+
+@register_method("spearman", pvalue=_spearman_p)
 def spearman(s: Sample) -> np.ndarray:
     return weighted_pearson(s.ranks("x"), s.ranks("y"), s.w)
 
@@ -181,10 +200,6 @@ class Estimate:
     n_trials: int
     reason: str = ""
 
-    @property
-    def excludes_zero(self) -> bool:
-        return bool(self.ci_low > 0 or self.ci_high < 0)
-
 
 def correlate(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
               control: np.ndarray | None = None, methods: tuple[str, ...] | None = None,
@@ -228,7 +243,8 @@ def _why_not(name: str, m: Method, x: np.ndarray, y: np.ndarray, z: np.ndarray |
         return f"no {CONTROL} logged to control for"
     if n_trials < need:
         return f"{n_trials} trial(s) with both metrics; {name} needs at least {need}"
-    for label, v in (("first metric", x), ("second metric", y), ("control", z)):
+    for label, v in (("first metric", x), ("second metric", y),
+                     ("control", z if m.needs_control else None)):
         if v is not None and np.ptp(v) == 0:
             return f"the {label} is constant over the {n_trials} trials"
     if name == "pearson_log" and (x <= 0).any():
@@ -246,13 +262,17 @@ def _estimate(name: str, m: Method, point: Sample, boot: Sample, n_trials: int) 
     reps = m.stat(boot)
     reps = reps[np.isfinite(reps)]
     lo, hi = np.percentile(reps, [2.5, 97.5]) if len(reps) else (np.nan, np.nan)
+    reason = ""
+    if n_trials < MIN_BOOT_TRIALS:
+        lo = hi = np.nan
+        reason = f"{n_trials} trials are too few for a bootstrap interval"
     if pooled:  # points within a trial are dependent: no textbook test applies
         p = min(1.0, 2 * (min((reps <= 0).sum(), (reps >= 0).sum()) + 1) / (len(reps) + 1))
-        p_method = "cluster bootstrap"
+        p, p_method = (np.nan if reason else p), "cluster bootstrap"
     else:
         p = m.pvalue(point.x, point.y, point.z, est)
         p_method = "t (n-3)" if m.needs_control else "scipy"
-    return Estimate(name, est, float(lo), float(hi), float(p), p_method, n, n_trials)
+    return Estimate(name, est, float(lo), float(hi), float(p), p_method, n, n_trials, reason)
 
 
 def collapse_columns(frame: pd.DataFrame) -> list[str]:
@@ -299,6 +319,22 @@ def correlation_table(study: StudyRuns, *, level: str = "trial", n_boot: int = 2
     return pd.DataFrame(rows, columns=["level", "collapse", "transfer", *Estimate.__annotations__])
 
 
+def median_ci(v: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of the finite values with a percentile bootstrap 95% CI (none below
+    MIN_BOOT_TRIALS values)."""
+    v = v[np.isfinite(v)]
+    if len(v) < MIN_BOOT_TRIALS:
+        return float(np.median(v)) if len(v) else float("nan"), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))
+    lo, hi = np.percentile(np.median(v[idx], axis=1), [2.5, 97.5])
+    return float(np.median(v)), float(lo), float(hi)
+
+
+TREND_COLUMNS = ["trial_index", "epochs", "rho_collapse_epoch", "rho_transfer_epoch",
+                 "rho_collapse_transfer", "collapse_first", "collapse_last", "transfer_first",
+                 "transfer_last", "falls_while_rises"]
+
+
 def within_trial_trends(study: StudyRuns, *, collapse: str = "cdnv/target",
                         transfer: str | None = None, n_boot: int = 2000,
                         seed: int = 0) -> tuple[pd.DataFrame, dict[str, float | int | str]]:
@@ -317,36 +353,23 @@ def within_trial_trends(study: StudyRuns, *, collapse: str = "cdnv/target",
             h = h[np.isfinite(h[collapse]) & np.isfinite(h[transfer])]
             if len(h) < 3:
                 continue
+            c, t, e = h[collapse], h[transfer], h["epoch"]
             with np.errstate(invalid="ignore", divide="ignore"):
-                rc = stats.spearmanr(h["epoch"], h[collapse]).statistic
-                rt = stats.spearmanr(h["epoch"], h[transfer]).statistic
-                rct = stats.spearmanr(h[collapse], h[transfer]).statistic
-            rows.append({"trial_index": idx, "epochs": len(h), "rho_collapse_epoch": rc,
-                         "rho_transfer_epoch": rt, "rho_collapse_transfer": rct,
-                         "collapse_first": h[collapse].iloc[0],
-                         "collapse_last": h[collapse].iloc[-1],
-                         "transfer_first": h[transfer].iloc[0],
-                         "transfer_last": h[transfer].iloc[-1],
-                         "falls_while_rises": bool(rc < 0 and rt > 0)})
-    per = pd.DataFrame(rows, columns=["trial_index", "epochs", "rho_collapse_epoch",
-                                      "rho_transfer_epoch", "rho_collapse_transfer",
-                                      "collapse_first", "collapse_last", "transfer_first",
-                                      "transfer_last", "falls_while_rises"])
+                rc, rt, rct = (stats.spearmanr(a, b).statistic for a, b in ((e, c), (e, t), (c, t)))
+            rows.append([idx, len(h), rc, rt, rct, c.iloc[0], c.iloc[-1], t.iloc[0], t.iloc[-1],
+                         bool(rc < 0 and rt > 0)])
+    per = pd.DataFrame(rows, columns=TREND_COLUMNS)
     summary: dict[str, float | int | str] = {"collapse": collapse, "transfer": transfer or "",
                                              "n_trials": len(per)}
     if len(per) == 0:
         summary["reason"] = "no usable trial has 3 or more evaluated epochs"
         return per, summary
     r = per["rho_collapse_transfer"].to_numpy(float)
-    r = r[np.isfinite(r)]
-    idx = np.random.default_rng(seed).integers(0, len(r), size=(n_boot, len(r)))
-    boot = np.median(r[idx], axis=1) if len(r) else np.array([np.nan])
+    med, lo, hi = median_ci(r, n_boot=n_boot, seed=seed)
     neg, pos = int((r < 0).sum()), int((r > 0).sum())
     summary.update({
-        "n_falls_while_rises": int(per["falls_while_rises"].sum()),
-        "median_rho": float(np.median(r)) if len(r) else float("nan"),
-        "ci_low": float(np.percentile(boot, 2.5)), "ci_high": float(np.percentile(boot, 97.5)),
-        "n_negative": neg, "n_positive": pos,
+        "n_falls_while_rises": int(per["falls_while_rises"].sum()), "median_rho": med,
+        "ci_low": lo, "ci_high": hi, "n_negative": neg, "n_positive": pos,
         "sign_p": float(stats.binomtest(neg, neg + pos).pvalue) if neg + pos else float("nan"),
     })
     return per, summary
@@ -400,12 +423,7 @@ def generalization(study: StudyRuns, *, n_boot: int = 2000, seed: int = 0) -> pd
                         "reason": est.reason})
             if level == "trial":
                 ratio = (b / a).to_numpy(float)
-                ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-                if len(ratio):
-                    idx = np.random.default_rng(seed).integers(0, len(ratio), (n_boot, len(ratio)))
-                    boot = np.median(ratio[idx], axis=1)
-                    row.update({"median_ratio": float(np.median(ratio)),
-                                "ratio_ci_low": float(np.percentile(boot, 2.5)),
-                                "ratio_ci_high": float(np.percentile(boot, 97.5))})
+                row.update(zip(("median_ratio", "ratio_ci_low", "ratio_ci_high"), median_ci(
+                    ratio[ratio > 0], n_boot=n_boot, seed=seed), strict=True))
             rows.append(row)
     return pd.DataFrame(rows)

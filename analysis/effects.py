@@ -206,7 +206,7 @@ def importances(study: StudyRuns, *, evaluators: tuple[str, ...] = ("fanova", "p
                                        "reason"])
 
 
-def importance_sentences(imp: pd.DataFrame, effects: pd.DataFrame) -> list[str]:
+def importance_sentences(imp: pd.DataFrame, effects: pd.DataFrame, n_trials: int) -> list[str]:
     """Per target: the parameter fANOVA ranks first, its rank correlation, and whether PED-ANOVA
     agrees (it looks at the top 10% of trials only, so with few trials it is the shakier)."""
     out = []
@@ -217,6 +217,8 @@ def importance_sentences(imp: pd.DataFrame, effects: pd.DataFrame) -> list[str]:
         p = top["fanova"].param
         line = (f"For {describe(target)}, {p} mattered most (fANOVA importance "
                 f"{top['fanova'].importance:.2f})")
+        if n_trials < 10:  # a forest fitted to a handful of points ranks almost at random
+            line = f"With only {n_trials} trials, importances are rough. " + line
         e = effects[(effects["param"] == p) & (effects["target"] == target)]
         if len(e) and np.isfinite(e["spearman"].iloc[0]):
             r = e.iloc[0]

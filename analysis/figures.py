@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from analysis.correlate import CDNV_SPLITS, comparable_cdnv
+from analysis.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS, comparable_cdnv
 from analysis.effects import effect_params, effect_targets
 from analysis.runs import StudyRuns, describe
 
@@ -82,7 +82,7 @@ def colours(frame: pd.DataFrame, color_by: str | None) -> Colours:
         pos = np.linspace(0.0, 0.9, len(values)) if numeric else np.arange(len(values)) / 10
         by_value = {v: cmap(p) for v, p in zip(values, pos, strict=True)}
         return Colours(color_by, {i: by_value[v] for i, v in zip(idx, col, strict=True)},
-                       discrete={f"{v:g}" if numeric else str(v): c for v, c in by_value.items()})
+                       discrete={f"{v:.3g}" if numeric else str(v): c for v, c in by_value.items()})
     lo, hi = float(min(values)), float(max(values))
     norm = LogNorm(lo, hi) if lo > 0 and hi / lo > 10 else Normalize(lo, hi)
     cmap = colormaps["viridis"]
@@ -124,7 +124,7 @@ def transfer_vs_cdnv(final: pd.DataFrame, history: pd.DataFrame, transfer: str, 
         ax.errorbar(x, y, yerr=100 * f[ci_col].to_numpy(float), fmt="none", ecolor="0.6",
                     elinewidth=0.8, zorder=1)
     ax.scatter(x, y, c=cols, s=45, edgecolors="black", linewidths=0.5, zorder=3)
-    if len(f) >= 3 and np.ptp(np.log10(x)) > 0:
+    if len(f) >= MIN_BOOT_TRIALS and np.ptp(np.log10(x)) > 0:  # fewer: a line would overclaim
         lx = np.log10(x)
         grid = np.linspace(lx.min(), lx.max(), 50)
         rng = np.random.default_rng(seed)

@@ -124,6 +124,11 @@ def pval(p: float) -> str:
     return "n/a" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _p_is(p: float) -> str:
+    text = pval(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _pick(table: pd.DataFrame, x: str, y: str | None, method: str) -> pd.Series | None:
     r = table[(table["collapse"] == x) & (table["transfer"] == y) & (table["method"] == method)]
     return r.iloc[0] if len(r) else None
@@ -147,35 +152,40 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
         return [f"No correlation is reported: {why}.", *notes]
     ps = _pick(t["correlations"], HEADLINE_X, y, "partial_spearman")
     yname = describe(y)
-    sig = s.ci_low > 0 or s.ci_high < 0
+    sig, n = _clear(s), s.n_trials
     if sig:
-        head = (f"Across {s.n_trials} trials, lower target CDNV went with "
+        head = (f"Across {n} trials, lower target CDNV went with "
                 f"{'higher' if s.estimate < 0 else 'lower'} {yname}: Spearman {_ci(s)}")
+    elif not np.isfinite(s.ci_low):
+        head = (f"Across only {n} trials, target CDNV and {yname} had Spearman "
+                f"{format_ci(s.estimate, np.nan, np.nan)} ({_p_is(s.p_value)}), too few "
+                "trials for an interval or a conclusion")
     else:
-        head = (f"Across {s.n_trials} trials, target CDNV and {yname} showed no clear "
-                f"association: Spearman {_ci(s)}, an interval that covers 0")
-    if ps is not None and np.isfinite(ps.estimate):
+        head = (f"Across {n} trials, target CDNV and {yname} showed no clear association: "
+                f"Spearman {_ci(s)}, {_p_is(s.p_value)}")
+    partial = ps is not None and np.isfinite(ps.estimate) and np.isfinite(ps.ci_low)
+    if ps is not None and partial:
         head += f"; controlling for source accuracy, {_ci(ps)}"
-    out = [head + " (95% intervals, bootstrap over trials)."]
-    if ps is not None and np.isfinite(ps.estimate):
-        psig = ps.ci_low > 0 or ps.ci_high < 0
+    out = [head + (" (95% intervals, bootstrap over trials)." if np.isfinite(s.ci_low) else ".")]
+    if ps is not None and partial:
+        psig = _clear(ps)
         if sig and not psig:
             out.append("Source accuracy accounts for most of it: better source models both "
-                       "collapsed more and transferred better, and at equal source accuracy the "
-                       "interval covers 0, so these trials give no evidence of a direct link.")
+                       "collapsed more and transferred better, and at equal source accuracy no "
+                       "clear association is left, so these trials give no evidence of a direct "
+                       "link.")
         elif sig and psig and np.sign(ps.estimate) == np.sign(s.estimate):
             out.append("The association holds at equal source accuracy too, so it is not only a "
                        "by-product of better source models.")
         elif psig and not sig:
             out.append("At equal source accuracy an association appears that the raw "
                        "correlation does not show; read it with care.")
-    elif ps is not None:
+    elif ps is not None and ps.reason:
         out.append(f"No partial correlation: {ps.reason}.")
-    n = s.n_trials
-    if n < 10:
+    if 5 <= n < 10:
         out.append(f"With only {n} trials the intervals are wide, and percentile bootstrap "
                    "intervals tend to run too narrow at this size: treat this as preliminary.")
-    elif n < 20:
+    elif 10 <= n < 20:
         out.append(f"{n} trials is a modest sample: read the intervals, not the point estimates.")
     epochs = usable["final_epoch"].dropna()
     if epochs.nunique() > 1:
@@ -197,11 +207,16 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
                    f"target CDNV was {r.median_ratio:.2g}× source-train CDNV (median over "
                    f"trials, {r.variant}).")
     out += bound_mod.bound_sentences(t["bound_summary"])
-    out += eff.importance_sentences(t["importances"], t["effects"])
+    out += eff.importance_sentences(t["importances"], t["effects"], n)
     n_pairs = len(t["correlations"][["collapse", "transfer"]].drop_duplicates())
     out.append(f"The tables test {n_pairs} metric pairs with 4 methods at two levels; only the "
                f"headline ({HEADLINE_X} vs {y}) was fixed in advance, the rest is exploratory.")
     return out + notes
+
+
+def _clear(e: Any) -> bool:
+    """A finite interval that excludes 0 and p < 0.05: what the verdict calls a clear relation."""
+    return bool(np.isfinite(e.ci_low) and (e.ci_low > 0 or e.ci_high < 0) and e.p_value < 0.05)
 
 
 def _ci(e: Any) -> str:
@@ -216,8 +231,10 @@ def _figures(study: StudyRuns, t: dict[str, Any], folder: Path, seed: int) -> li
     # colour by what moves target CDNV most: the figures then show the regularizer's hand
     color_by = top["param"].iloc[0] if len(top) else (params[0] if params else None)
     s = _pick(t["correlations"], HEADLINE_X, t["transfer"], "spearman")
-    rho = (f"Spearman ρ = {_ci(s)}\n(95% CI, {s.n_trials} trials)"
-           if s is not None and np.isfinite(s.estimate) else "")
+    rho = ""
+    if s is not None and np.isfinite(s.estimate):
+        rho = f"Spearman ρ = {_ci(s)}\n" + (f"(95% CI, {s.n_trials} trials)" if np.isfinite(
+            s.ci_low) else f"({s.n_trials} trials: too few for a CI)")
     return figs.study_figures(study, t, folder, color_by=color_by, rho_text=rho, seed=seed)
 
 

@@ -374,11 +374,6 @@ def _searched(tags: dict[str, str], trials: pd.DataFrame, params: list[str]) -> 
             and trials[p].astype(str).nunique(dropna=False) > 1]
 
 
-def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """Metric columns (names with a '/') in `frame`, in a stable order."""
-    return sorted(c for c in frame.columns if "/" in c)
-
-
 def describe(metric: str) -> str:
     """'fewshot/5w5s/ncc/acc' -> '5-way 5-shot NCC accuracy'; 'cdnv/target' -> 'target CDNV'."""
     parts = metric.split("/")

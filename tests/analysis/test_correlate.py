@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -94,7 +95,24 @@ def test_fewer_than_three_trials_gives_a_reason_not_a_number() -> None:
         assert np.isnan(est.estimate) and "needs at least" in est.reason
     flat = correlate(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.5, 0.5]),
                      methods=("spearman",))["spearman"]
-    assert "constant" in flat.reason
+    assert "second metric is constant" in flat.reason
+    # a constant control stops only the partial correlation
+    res = correlate(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.5, 0.7, 0.6, 0.9]),
+                    control=np.full(4, 0.01))
+    assert res["partial_spearman"].reason == "the control is constant over the 4 trials"
+    assert np.isfinite(res["spearman"].estimate)
+
+
+def test_below_five_trials_there_is_an_estimate_and_p_but_no_interval() -> None:
+    x, y = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.9, 0.7, 0.8, 0.5])
+    e = correlate(x, y, methods=("spearman",))["spearman"]
+    assert e.estimate == pytest.approx(stats.spearmanr(x, y).statistic)
+    # exact permutation p-value, counted by brute force over the 24 orders of y
+    rhos = [stats.spearmanr(x, perm).statistic for perm in itertools.permutations(y)]
+    assert e.p_value == pytest.approx(np.mean(np.abs(rhos) >= abs(e.estimate) - 1e-12))
+    assert np.isnan(e.ci_low) and np.isnan(e.ci_high) and "too few" in e.reason
+    e5 = correlate(np.r_[x, 0.5], np.r_[y, 0.4], methods=("spearman",))["spearman"]
+    assert np.isfinite(e5.ci_low) and e5.reason == ""
 
 
 @pytest.fixture(scope="module")

@@ -146,6 +146,22 @@ def test_too_few_trials_writes_a_report_that_says_why_and_exits_2(
     assert "nan" not in verdict.lower()
 
 
+def test_four_trials_give_no_conclusion(new_store: Callable[[], str], tmp_path: Path) -> None:
+    uri = new_store()
+    trials = [synth_trial({"weight_decay": 10.0 ** -(i + 2)}, cdnv_final=0.1 * (i + 1),
+                          acc_final=0.9 - 0.05 * i, src_acc_final=0.6 + 0.05 * i, epochs=3)
+              for i in range(4)]
+    write_study(uri, "four", trials, searched=["weight_decay"])
+    rep = analyze("four", uri, tmp_path, n_boot=200, log_to_mlflow=False)
+    assert rep.too_few == ""
+    assert rep.verdict[0] == ("Across only 4 trials, target CDNV and 5-way 5-shot NCC accuracy "
+                              "had Spearman −1.00 (p = 0.083), too few trials for an interval or "
+                              "a conclusion.")
+    assert "went with" not in " ".join(rep.verdict)
+    assert any(line.startswith("With only 4 trials, importances are rough.")
+               for line in rep.verdict)
+
+
 @pytest.mark.parametrize("case", ["unknown study", "missing store", "unreachable server",
                                   "bad experiment"])
 @pytest.mark.timeout(60)
