@@ -40,13 +40,13 @@ def pretrain(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.restore(folder)
-    trainer.fit(report_to_tune)
+    # Where the trial runs, in every result (result.json, the ResultGrid): strings, so the MLflow
+    # callback, which logs only numeric keys with a '/', leaves them out of the metrics.
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "device": device.type}
+    trainer.fit(lambda metrics, state: report_to_tune({**metrics, **where}, state))
 
 
 def report_to_tune(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-    # Where the trial ran, in every result (result.json, the ResultGrid): a string, so the MLflow
-    # callback, which logs only numeric keys with a '/', leaves it out of the metrics.
-    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     if state is None:
         tune.report(metrics)
         return
