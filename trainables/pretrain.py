@@ -101,7 +101,9 @@ def limit_gpu_memory(device: torch.device, share: float | None) -> None:
     starving the trials beside it. (The CUDA context, ~0.3-0.5 GB per process, is outside the cap.)
     """
     if device.type == "cuda" and share is not None and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
+        # An index, not torch.device("cuda"): this one torch call rejects a device without one.
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.set_per_process_memory_fraction(float(share), index)
 
 
 def seed_everything(seed: int) -> None:

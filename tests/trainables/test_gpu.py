@@ -118,14 +118,20 @@ def test_no_host_to_device_copy_per_batch():
 
 @pytest.mark.gpu
 def test_memory_cap_holds_a_process_to_its_share():
-    total = torch.cuda.get_device_properties(CUDA).total_memory
+    index = torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    before = torch.cuda.get_per_process_memory_fraction(index)
     try:
-        limit_gpu_memory(CUDA, 0.25)
+        for whole in (None, 0.0, 1.0, 2.0):  # outside Ray, no GPU, one or more GPUs: no cap
+            limit_gpu_memory(CUDA, whole)
+        assert torch.cuda.get_per_process_memory_fraction(index) == before
+        limit_gpu_memory(CUDA, 0.25)  # torch.device("cuda"), no index: as pick_device returns
+        assert torch.cuda.get_per_process_memory_fraction(index) == pytest.approx(0.25, rel=1e-3)
         with pytest.raises(torch.cuda.OutOfMemoryError):
             torch.empty(int(total * 0.3), dtype=torch.uint8, device=CUDA)
         torch.empty(int(total * 0.05), dtype=torch.uint8, device=CUDA)  # within the share
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, CUDA)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
         torch.cuda.empty_cache()
 
 
