@@ -216,15 +216,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Ctrl-C and `kill` both stop the server in order.
+    """Ctrl-C, `kill` and a closed terminal or SSH session all stop the server in order.
 
-    SIGINT gets Python's handler back even where it was inherited as ignored (a job started
-    with `&` from a script), since Ctrl-C is the documented way to stop this command.
+    The server runs in its own session, so without this a hang-up would orphan it. SIGINT gets
+    Python's handler back even where it was inherited as ignored (a job started with `&` from a
+    script), since Ctrl-C is the documented way to stop this command.
     """
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
     finally:

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from study.cli import main
 from study.tracking import ensure_experiment, flat_params, log_study_start, run_name
-from study.ui import HOST, Target, links, port_free
+from study.ui import HOST, Target, interruptible, links, port_free
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240.0  # the server's cold start on a loaded CI machine, with slack
@@ -183,6 +183,15 @@ def test_links_open_the_training_runs_view_of_the_study():
     # No experiment yet: the list of experiments.
     assert links("http://h:1", Target("u", "nctune"), None) == [
         ("experiments", "http://h:1/#/experiments?workflowType=machine_learning")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_kill_and_hangup_all_reach_the_shutdown_path(sig):
+    before = signal.getsignal(sig)
+    with pytest.raises(KeyboardInterrupt), interruptible():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler raises at once; this only bounds a failure
+    assert signal.getsignal(sig) == before
 
 
 # ---- a real server --------------------------------------------------------------------------
