@@ -131,9 +131,24 @@ def per_value_table(study: StudyRuns, *, max_values: int = MAX_GRID_VALUES) -> p
                                        "ci_high"])
 
 
-def _distributions(frame: pd.DataFrame, params: list[str]) -> dict[str, Any]:
-    """Optuna distributions spanning the observed values; a positive numeric param that
-    spans more than a decade is taken as log-scaled (how such params are searched)."""
+def log_scaled(values: pd.Series, spec: dict[str, Any] | None = None) -> bool:
+    """Was this parameter searched on a log scale? The study's space.json says; without it,
+    positive values spanning over a decade with a third or more below the geometric midpoint
+    (about half for log-uniform draws, a few percent for uniform ones) are taken as log."""
+    if spec:
+        return spec.get("type") == "log_float" or (spec.get("type") == "int"
+                                                    and bool(spec.get("log")))
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return False
+    v = values.dropna().astype(float)
+    if len(v) < 2 or v.min() <= 0 or v.max() / v.min() <= 10:
+        return False
+    return bool((v < np.sqrt(v.min() * v.max())).mean() > 1 / 3)
+
+
+def _distributions(frame: pd.DataFrame, params: list[str],
+                   space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Optuna distributions spanning the observed values, log-scaled where searched so."""
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -147,7 +162,7 @@ def _distributions(frame: pd.DataFrame, params: list[str]) -> dict[str, Any]:
             continue  # constant here: nothing to attribute
         if _is_numeric(col):
             lo, hi = float(col.min()), float(col.max())
-            log = lo > 0 and hi / lo > 10
+            log = log_scaled(col, space.get(p))
             if pd.api.types.is_integer_dtype(col):
                 out[p] = IntDistribution(int(lo), int(hi), log=log)
             else:
@@ -179,7 +194,7 @@ def importances(study: StudyRuns, *, evaluators: tuple[str, ...] = ("fanova", "p
     rows: list[dict[str, Any]] = []
     for t in effect_targets(study):
         sub = frame[np.isfinite(frame[t].astype(float))]
-        dists = _distributions(sub, params)
+        dists = _distributions(sub, params, study.space)
         for ev in evaluators:
             base = {"target": t, "evaluator": ev}
             if len(sub) < MIN_TRIALS or not dists:

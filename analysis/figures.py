@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from analysis.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS, comparable_cdnv
-from analysis.effects import effect_params, effect_targets
+from analysis.effects import effect_params, effect_targets, log_scaled
 from analysis.runs import StudyRuns, describe
 
 DPI = 150
@@ -66,9 +66,9 @@ class Colours:
                 cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-def colours(frame: pd.DataFrame, color_by: str | None) -> Colours:
-    """Up to 8 distinct values get a legend; more get a colour bar (log scale if they span
-    more than a decade); no parameter colours by trial index."""
+def colours(frame: pd.DataFrame, color_by: str | None, log: bool = False) -> Colours:
+    """Up to 8 distinct values get a legend; more get a colour bar (log scale if `log`); no
+    parameter colours by trial index."""
     idx = frame["trial_index"].to_numpy()
     if color_by is None or color_by not in frame or frame[color_by].isna().all():
         norm = Normalize(idx.min(), max(idx.max(), idx.min() + 1))
@@ -84,7 +84,7 @@ def colours(frame: pd.DataFrame, color_by: str | None) -> Colours:
         return Colours(color_by, {i: by_value[v] for i, v in zip(idx, col, strict=True)},
                        discrete={f"{v:.3g}" if numeric else str(v): c for v, c in by_value.items()})
     lo, hi = float(min(values)), float(max(values))
-    norm = LogNorm(lo, hi) if lo > 0 and hi / lo > 10 else Normalize(lo, hi)
+    norm = LogNorm(lo, hi) if log and lo > 0 else Normalize(lo, hi)
     cmap = colormaps["viridis"]
     return Colours(color_by, {i: cmap(norm(v)) for i, v in zip(idx, col, strict=True)},
                    norm=norm, cmap=cmap)
@@ -196,7 +196,8 @@ def cdnv_over_epochs(history: pd.DataFrame, c: Colours) -> Figure:
 
 
 def effect_curves(final: pd.DataFrame, params: list[str], targets: list[str],
-                  effects: pd.DataFrame, per_value: pd.DataFrame, c: Colours) -> Figure:
+                  effects: pd.DataFrame, per_value: pd.DataFrame, c: Colours,
+                  log_params: set[str] | frozenset[str] = frozenset()) -> Figure:
     """A panel per (target, param): trials as points; mean and 95% CI per value for params
     with few values; Spearman with its CI in the corner."""
     fig = Figure(figsize=(3.6 * max(1, len(params)) + 1.2, 3.3 * len(targets)),
@@ -231,7 +232,7 @@ def effect_curves(final: pd.DataFrame, params: list[str], targets: list[str],
                 ax.errorbar(px, m, yerr=np.nan_to_num(err), fmt="D-", color="black", ms=5,
                             lw=1.2, capsize=3, label="mean and 95% CI per value")
                 mean_handle = ax.get_legend_handles_labels()
-            if numeric and len(xs) and np.nanmin(xs) > 0 and np.nanmax(xs) / np.nanmin(xs) > 10:
+            if numeric and p in log_params:
                 log_axis(ax)
             if log_t:
                 log_axis(ax, "y")
@@ -325,7 +326,9 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
     """Every figure the data allow, saved under `folder`; for each: stem, caption, relative
     PNG / SVG paths and the PNG as base64 (for embedding)."""
     final, hist, y = study.usable, study.usable_history, t["transfer"]
-    c = colours(final, color_by) if len(final) else None
+    params, targets = effect_params(study), effect_targets(study)
+    logs = {p for p in params if log_scaled(final[p], study.space.get(p))}
+    c = colours(final, color_by, log=color_by in logs) if len(final) else None
     made: list[tuple[str, str, Figure]] = []
     if c is not None and y and "cdnv/target" in final:
         made.append(("transfer_vs_cdnv", f"{describe(y)} against target CDNV. Left: one point "
@@ -335,11 +338,11 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
     if c is not None and any(f"cdnv/{s}" in hist for s in CDNV_SPLITS):
         made.append(("cdnv_over_epochs", "CDNV of the three splits over training, one line per "
                      "trial, on a shared log axis.", cdnv_over_epochs(hist, c)))
-    params, targets = effect_params(study), effect_targets(study)
     if c is not None and params and targets:
         made.append(("effects", "Each searched hyperparameter against target CDNV and few-shot "
                      "accuracy at the final epoch; diamonds: mean and 95% CI per value.",
-                     effect_curves(final, params, targets, t["effects"], t["per_value"], c)))
+                     effect_curves(final, params, targets, t["effects"], t["per_value"], c,
+                                   logs)))
     if len(t["bound"]):
         made.append(("bound_vs_error", "Observed NCC error against the CDNV bound at every "
                      "evaluated (trial, epoch); below the diagonal the bound holds, right of "

@@ -169,11 +169,16 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
     out = [head + (" (95% intervals, bootstrap over trials)." if np.isfinite(s.ci_low) else ".")]
     if ps is not None and partial:
         psig = _clear(ps)
-        if sig and not psig:
+        if sig and not psig and abs(ps.estimate) < abs(s.estimate) / 2:
             out.append("Source accuracy accounts for most of it: better source models both "
                        "collapsed more and transferred better, and at equal source accuracy no "
                        "clear association is left, so these trials give no evidence of a direct "
                        "link.")
+        elif sig and not psig:
+            out.append(f"At equal source accuracy the estimate keeps "
+                       f"{abs(ps.estimate / s.estimate):.0%} of its size but its interval covers "
+                       "0: these trials cannot tell a direct link apart from better source "
+                       "models both collapsing more and transferring better.")
         elif sig and psig and np.sign(ps.estimate) == np.sign(s.estimate):
             out.append("The association holds at equal source accuracy too, so it is not only a "
                        "by-product of better source models.")
@@ -300,7 +305,9 @@ LABELS = {
     "rho_collapse_epoch": "ρ(collapse, epoch)", "rho_transfer_epoch": "ρ(transfer, epoch)",
     "rho_collapse_transfer": "ρ(collapse, transfer)", "falls_while_rises": "falls while rises",
     "trial_index": "trial", "run_name": "run", "final_epoch": "final epoch",
-    "fanova": "fANOVA", "ped_anova": "PED-ANOVA",
+    "fanova": "fANOVA", "ped_anova": "PED-ANOVA", "n_falls_while_rises": "falls while rises",
+    "median_rho": "median ρ", "ci_low": "CI low", "ci_high": "CI high", "n_negative": "ρ < 0",
+    "n_positive": "ρ > 0", "sign_p": "sign test p",
 }
 
 

@@ -58,6 +58,7 @@ class StudyRuns:
         history: one row per (trial, epoch).
         final: one row per trial at its final evaluated epoch.
         problems: plain-language notes on trials that are flagged or left out.
+        space: the parent run's space.json ({key: {"type": ..., "low": ..., ...}}), {} if none.
     """
 
     name: str
@@ -70,6 +71,7 @@ class StudyRuns:
     history: pd.DataFrame
     final: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def usable(self) -> pd.DataFrame:
@@ -187,6 +189,7 @@ def load_study(name: str, tracking_uri: str | None = None,
         children = _search_all(client, exp.experiment_id,
                                f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
         histories = _histories(client, children, parallel=not uri.startswith("sqlite"))
+        space = _space(client, parent.info.run_id)
     except MlflowException as exc:
         raise InputError(f"tracking URI {uri!r}: MLflow could not read it: {exc}") from None
 
@@ -202,7 +205,25 @@ def load_study(name: str, tracking_uri: str | None = None,
                            f"({parent.info.run_id})")
     return StudyRuns(name=name, tracking_uri=uri, experiment=experiment,
                      parent_run_id=parent.info.run_id, tags=tags, searched=searched,
-                     trials=trials, history=history, final=final, problems=problems)
+                     trials=trials, history=history, final=final, problems=problems, space=space)
+
+
+def _space(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
+    """The searched space as the driver logged it; {} when absent or unreadable (it only
+    refines how parameters are scaled, so a missing file must not stop the analysis)."""
+    import json
+    import tempfile
+
+    try:
+        if "space.json" not in {f.path for f in client.list_artifacts(run_id)}:
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(run_id, "space.json", tmp)).read_text()
+        space = json.loads(text)
+    except Exception:  # any artifact-store trouble just means "no space"
+        return {}
+    return {k: v for k, v in space.items() if isinstance(v, dict)} if isinstance(space, dict) \
+        else {}
 
 
 def _quote(value: str) -> str:
@@ -324,8 +345,6 @@ def _flag(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
             notes.append(f"status {t.status}" + (f": {t.error}" if t.error else ""))
         if len(bad_loss):
             notes.append(f"non-finite training loss from epoch {int(bad_loss.min())}")
-        elif t.status == "diverged":
-            notes.append("diverged")
         if final is None:
             notes.append("no evaluation metrics logged")
         if missing:

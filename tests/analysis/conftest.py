@@ -11,6 +11,7 @@ copied; every study is still written and read by the real client.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -83,8 +84,10 @@ def synth_trial(params: dict[str, Any], *, cdnv_final: float, acc_final: float,
 
 def write_study(uri: str, name: str, trials: list[FakeTrial], *, searched: list[str],
                 sampler: str = "tpe", experiment: str = "nctune",
-                artifact_root: Path | None = None) -> str:
-    """Write one study through MlflowClient (batched); returns the parent run id."""
+                artifact_root: Path | None = None,
+                space: dict[str, dict[str, Any]] | None = None) -> str:
+    """Write one study through MlflowClient (batched); returns the parent run id. `space`, if
+    given, is logged as the parent's space.json, as the driver does."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -100,6 +103,8 @@ def write_study(uri: str, name: str, trials: list[FakeTrial], *, searched: list[
         "nctune.sampler": sampler, "nctune.metric": "fewshot/5w5s/ncc/acc",
         "nctune.mode": "max", "nctune.status": "completed",
     }).info.run_id
+    if space is not None:
+        client.log_text(parent, json.dumps(space), "space.json")
     now = int(time.time() * 1000)
     for i, t in enumerate(trials):
         tags = {"mlflow.parentRunId": parent, "nctune.study": name, "nctune.role": "trial",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -13,6 +14,7 @@ from analysis.effects import (
     effect_params,
     hyperparameter_effects,
     importances,
+    log_scaled,
     per_value_table,
 )
 from analysis.runs import StudyRuns, load_study
@@ -108,6 +110,23 @@ def test_grid_sweep_means_and_intervals_per_value(new_store: Callable[[], str]) 
         half = stats.t.ppf(0.975, 3) * a.std(ddof=1) / 2
         assert r["mean"] == pytest.approx(a.mean()) and r["ci_high"] == pytest.approx(
             a.mean() + half)
+
+
+def test_log_scale_comes_from_the_space_or_from_the_values(new_store: Callable[[], str]) -> None:
+    rng = np.random.default_rng(2)
+    wd, do = loguniform(rng, 1e-5, 1e-1, 40), rng.uniform(0.005, 0.5, 40)
+    assert log_scaled(pd.Series(wd)) and not log_scaled(pd.Series(do))  # guessed from values
+    assert not log_scaled(pd.Series([True, False])) and not log_scaled(pd.Series(["a", "b"]))
+    uri = new_store()
+    trials = [synth_trial({"weight_decay": float(wd[i]), "dropout": float(do[i])},
+                          cdnv_final=0.1, acc_final=0.8, epochs=1) for i in range(3)]
+    space = {"weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+             "dropout": {"type": "log_float", "low": 0.005, "high": 0.5}}
+    write_study(uri, "spaced", trials, searched=["weight_decay", "dropout"], space=space)
+    s = load_study("spaced", uri)
+    assert s.space == space  # the driver's space.json overrides the guess
+    assert not log_scaled(s.final["weight_decay"], s.space["weight_decay"])
+    assert log_scaled(s.final["dropout"], s.space["dropout"])
 
 
 def test_too_few_trials_give_reasons_not_crashes(new_store: Callable[[], str]) -> None:
