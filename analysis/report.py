@@ -296,7 +296,7 @@ def _log(study: StudyRuns, folder: Path, metrics: dict[str, float]) -> str:
 # Column labels in the report's tables (CSV files keep the raw names).
 LABELS = {
     "spearman": "Spearman", "kendall": "Kendall τ", "pearson_log": "Pearson (log10 collapse)",
-    "partial_spearman": "partial Spearman | source acc", "n_trials": "trials", "n": "points",
+    "partial_spearman": "partial Spearman (given source acc)", "n_trials": "trials", "n": "points",
     "n_values": "values", "p_value": "p", "holds_frac": "holds", "points": "points",
     "holds_within_ci_frac": "holds within episode CI", "non_vacuous_frac": "bound < 1",
     "non_vacuous_holds_frac": "holds where bound < 1", "median_ratio": "median bound / error",
@@ -372,6 +372,7 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
     if imp["param"].notna().any():
         imp_view = imp.dropna(subset=["param"]).pivot_table(
             index=["target", "param"], columns="evaluator", values="importance").reset_index()
+        imp_view = imp_view.sort_values(["target", imp_view.columns[2]], ascending=[True, False])
     cols = ["trial_index", "run_name", "status", "final_epoch", "usable", "note",
             corr.CONTROL, HEADLINE_X, y]
     trials = study.final[[col for col in dict.fromkeys(cols) if col and col in study.final]]

@@ -113,6 +113,9 @@ def test_markdown_report(demo: tuple[str, Report], tmp_path: Path) -> None:
     assert path.name == "report.md" and md.startswith("# Does neural collapse predict")
     assert "![" in md and "(figures/transfer_vs_cdnv.png)" in md
     assert "| collapse | transfer | Spearman |" in md
+    for block in re.findall(r"((?:^\|.*\|$\n?)+)", md, flags=re.M):  # every table is rectangular
+        widths = {len(re.findall(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
+        assert len(widths) == 1, block[:300]
     assert (tmp_path / "md" / "figures" / "transfer_vs_cdnv.png").exists()
 
 
