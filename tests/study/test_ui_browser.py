@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -60,7 +60,7 @@ def ui(study) -> Iterator[UIProcess]:
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
+def driver(tmp_path_factory) -> Iterator[Any]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if missing:
         pytest.skip(f"no headless browser: {', '.join(missing)} missing; install Debian's "
@@ -69,7 +69,7 @@ def driver() -> Iterator[Any]:
         "selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
     from selenium.webdriver.chrome.service import Service
 
-    profile = tempfile.mkdtemp(prefix="nctune-chromium-")
+    profile = tmp_path_factory.mktemp("chromium-profile")  # fresh: no saved UI choices
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -137,6 +137,13 @@ def row_of(driver: Any, name: str) -> str:
                .get_attribute("row-id"))
 
 
+def with_text(driver: Any, text: str) -> list[Any]:
+    """Elements whose own text is exactly `text` (tree nodes, headings, chart titles)."""
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.XPATH, f"//*[normalize-space(text())={xpath_str(text)}]"))
+
+
 def xpath_str(text: str) -> str:
     return f'"{text}"' if "'" in text else f"'{text}'"
 
@@ -167,7 +174,7 @@ def open_study_runs(driver: Any, ui: UIProcess, study: dict[str, Any]) -> None:
         click(driver, driver.find_element(
             By.CSS_SELECTOR, f"div[row-id='{parent}'] {RUN_NAME_CELL} button"))
     for name in study["trials"]:
-        wait(driver, f"trial run '{name}' nested under '{STUDY}'", lambda d, n=name: run_link(d, n))
+        wait(driver, f"trial run '{name}' nested under '{STUDY}'", partial(run_link, name=name))
 
 
 # ---- what a researcher does first -----------------------------------------------------------
@@ -221,8 +228,7 @@ def test_compare_two_trials_shows_params_and_a_cdnv_target_chart(driver, ui, stu
         # A per-epoch series: the table under the chart gives first and last step.
         text = page_text(driver)
         assert "(step=1)" in text and "(step=2)" in text, text[-800:]
-        assert driver.find_elements(By.XPATH, "//h1[normalize-space()='cdnv/target'] | "
-                                              "//*[normalize-space(text())='cdnv/target']")
+        assert with_text(driver, "cdnv/target"), "no chart titled cdnv/target"
         shot(driver, "4-compare-cdnv-target-chart")
 
 
@@ -242,12 +248,10 @@ def test_parent_run_has_the_description_and_the_report_as_artifacts(driver, ui, 
             By.XPATH, "//*[@role='tab' or self::a or self::button][normalize-space()='Artifacts']"))
         tab[0].click()  # a pointer click: Radix tabs switch on mousedown, not on a JS click()
         for folder in ("analysis", "figures"):
-            node = wait(driver, f"artifact folder '{folder}'", lambda d, f=folder: d.find_elements(
-                By.XPATH, f"//*[normalize-space(text())='{f}']"))
+            node = wait(driver, f"artifact folder '{folder}'", partial(with_text, text=folder))
             click(driver, node[0])
         wait(driver, "report.html among the artifacts", lambda d: "report.html" in page_text(d))
-        figure = wait(driver, "a figure", lambda d: d.find_elements(
-            By.XPATH, "//*[normalize-space(text())='cdnv_over_epochs.png']"))
+        figure = wait(driver, "a figure", partial(with_text, text="cdnv_over_epochs.png"))
         click(driver, figure[0])
         # The UI fetches the artifact through the server and shows it from a blob: URL.
         wait(driver, "the figure rendered from the artifact store", lambda d: d.execute_script(
