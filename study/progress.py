@@ -30,7 +30,7 @@ class ProgressPrinter(Callback):
         self.last_print = 0.0
         self.epochs: dict[str, tuple[int, int]] = {}
         self.ended: dict[str, str] = {}
-        self.best: tuple[float, str] | None = None
+        self.latest: dict[str, tuple[str, float]] = {}  # trial -> (label, latest metric value)
         self.labels: dict[str, str] = {}
         self.label_of = label_of  # the tracker's numbering, so terminal and MLflow agree
 
@@ -50,12 +50,8 @@ class ProgressPrinter(Callback):
         epoch = int(result.get("epoch", 0))
         self.epochs[trial.trial_id] = (epoch, int(trial.config.get("epochs", 0)))
         value = result.get(self.metric)
-        if isinstance(value, int | float):
-            better = self.best is None or (
-                value > self.best[0] if self.mode == "max" else value < self.best[0]
-            )
-            if better:
-                self.best = (float(value), self.label(trial))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            self.latest[trial.trial_id] = (self.label(trial), float(value))
         if result.get("trial_status") == "diverged":
             self.ended[trial.trial_id] = "diverged"
         self.maybe_print(trials)
@@ -95,9 +91,17 @@ class ProgressPrinter(Callback):
                 f"{len(running)} running" + (f" ({shown})" if shown else "") +
                 (f" · {pending} starting" if pending else "") +
                 f" · {counts['failed']} failed · {counts['diverged']} diverged")
-        if self.best:
-            text += f" · best {self.metric} {self.best[0]:.3f} ({self.best[1]})"
+        best = self.best()
+        if best:
+            text += f" · best {self.metric} {best[1]:.3f} ({best[0]})"
         return text
+
+    def best(self) -> tuple[str, float] | None:
+        """The best trial by its latest value: the same rule as the final summary's "Best"."""
+        if not self.latest:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(self.latest.values(), key=lambda item: item[1])
 
     def write(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
