@@ -23,15 +23,24 @@ from trainables.pretrain import pretrain
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch that ignores results without the metric.
+    """OptunaSearch that ignores results without the metric, and results it has seen.
 
     Trials report training metrics every epoch but evaluate only every `eval_every` epochs;
-    stock OptunaSearch indexes result[metric] on every result and would fail those.
+    stock OptunaSearch indexes result[metric] on every result and would fail those. A trial
+    restarted from a checkpoint reports some iterations again; Optuna warns on each repeat.
+    Its whole __dict__ (the sampler's RNG, the Optuna study, `_reported`) is pickled with the
+    experiment, which is what makes a resumed study propose what an uninterrupted one would.
     """
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, str) and self.metric in result:
-            super().on_trial_result(trial_id, result)
+        if not (isinstance(self.metric, str) and self.metric in result):
+            return
+        reported = self.__dict__.setdefault("_reported", {})
+        step = int(result.get("training_iteration", 0))
+        if step <= reported.get(trial_id, 0):
+            return
+        reported[trial_id] = step
+        super().on_trial_result(trial_id, result)
 
 
 def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
