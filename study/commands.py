@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.errors import InputError
+
+if TYPE_CHECKING:
+    from study.run import StudyState
 
 DEFAULT_ROOT = "nctune-runs"
 
@@ -22,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, "
                    "else a local Ray)")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.add_argument("--dashboard", action="store_true", help="start the local Ray with its "
+                   "dashboard (on 127.0.0.1; off by default)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the resolved config; start nothing")
     p.set_defaults(func=cmd_run)
@@ -29,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", help="resume a stopped or killed study where it stopped")
     p.add_argument("name")
     p.add_argument("--root", default=DEFAULT_ROOT, help="storage root (default: nctune-runs)")
-    p.add_argument("--address")
+    p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, "
+                   "else a local Ray)")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--dashboard", action="store_true")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("ls", help="list studies with their status and best trial")
@@ -51,20 +59,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_study_config(args.preset, args.overrides, args.name)
     if args.dry_run:
-        print(dump_config(cfg), end="")
+        from study.guard import redact_text
+
+        print(redact_text(dump_config(cfg), cfg.tracking_uri()), end="")
         return 0
     from study.driver import run_study
 
-    state = run_study(cfg, address=args.address, report=not args.no_report)
-    return 0 if state.status == "completed" else 1
+    state = run_study(cfg, address=args.address, report=not args.no_report,
+                      dashboard=args.dashboard)
+    return exit_code(state)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from study.driver import resume_study
 
     state = resume_study(args.name, args.root, address=args.address,
-                         report=not args.no_report)
-    return 0 if state.status == "completed" else 1
+                         report=not args.no_report, dashboard=args.dashboard)
+    return exit_code(state)
+
+
+def exit_code(state: StudyState) -> int:
+    """0 completed; 130 stopped by Ctrl-C/SIGTERM (the shell convention); 1 otherwise."""
+    if state.status == "completed":
+        return 0
+    return 130 if state.stop_reason == "interrupted" else 1
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -74,7 +92,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = []
     for name in known_studies(args.root):
         state = json.loads((Path(args.root) / "studies" / name / "study.json").read_text())
-        rows.append([name, state["status"], str(state["num_samples"]), state["created"],
+        status = state["status"] + (f" ({state['stop_reason']})" if state.get("stop_reason")
+                                    else "")
+        rows.append([name, status, str(state["num_samples"]), state["created"],
                      best_of(name, state)])
     if not rows:
         print(f"No studies under {Path(args.root).resolve()}. Start one with `nctune run`.")
@@ -98,9 +118,10 @@ def best_of(name: str, state: dict) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     from analysis.runs import load_study
     from study.driver import known_studies
+    from study.guard import check_study_name
     from study.summary import best_trial, trials_table
 
-    folder = Path(args.root) / "studies" / args.name
+    folder = Path(args.root) / "studies" / check_study_name(args.name)
     if not (folder / "study.json").exists():
         raise InputError(f"study: no study '{args.name}' under {folder.parent.resolve()}; "
                          f"known: {', '.join(known_studies(args.root)) or 'none'}")

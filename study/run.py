@@ -17,9 +17,16 @@ from typing import Any
 
 from analysis.errors import InputError
 from study.config import StudyConfig
+from study.guard import redact, redact_text
 from study.presets import dump_config
 from study.space import fixed_values, optuna_space
-from study.tracking import dump_json, ensure_experiment, log_study_start
+from study.tracking import (
+    TrackingUnavailable,
+    dump_json,
+    ensure_experiment,
+    log_study_start,
+    retry,
+)
 from trainables.data import DataSplits, load_splits
 from trainables.evaluate import build_banks
 
@@ -42,6 +49,7 @@ class StudyState:
     metric: str
     mode: str
     finished: str | None = None
+    stop_reason: str | None = None  # interrupted, tracking, incomplete, error (when stopped/failed)
 
     def save(self, folder: Path) -> None:
         tmp = folder / (STATE_FILE + ".tmp")
@@ -50,7 +58,8 @@ class StudyState:
 
     @classmethod
     def load(cls, folder: Path) -> StudyState:
-        return cls(**json.loads((folder / STATE_FILE).read_text()))
+        data = json.loads((folder / STATE_FILE).read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def unique_name(cfg: StudyConfig) -> StudyConfig:
@@ -113,18 +122,37 @@ def code_version() -> str:
     return version("nctune")
 
 
-def start_tracking(cfg: StudyConfig, data: DataSplits, bank_hashes: dict[str, str]) -> StudyState:
-    """Create store, experiment and the parent run before any trial starts."""
-    from mlflow.tracking import MlflowClient
-
+def check_tracking(uri: str) -> None:
+    """The store must answer before anything starts: one clear line (credentials masked)."""
     from analysis.runs import check_tracking_uri
 
+    try:
+        check_tracking_uri(uri)
+    except InputError as exc:
+        raise InputError(redact_text(str(exc), uri)) from None
+
+
+def open_store(uri: str, experiment: str, artifacts: Path | None) -> tuple[Any, str]:
+    """A client and the experiment id, or one clear line if the store cannot be opened."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(uri)
+        return client, retry(lambda: ensure_experiment(client, experiment, artifacts))
+    except (MlflowException, OSError, TrackingUnavailable) as exc:
+        text = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else "", uri)
+        raise InputError(f"tracking URI {redact(uri)!r}: the store cannot be opened "
+                         f"({text[:300]})") from None
+
+
+def start_tracking(cfg: StudyConfig, data: DataSplits, bank_hashes: dict[str, str]) -> StudyState:
+    """Create store, experiment and the parent run before any trial starts."""
     uri = cfg.tracking_uri()
-    check_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
-    exp_id = ensure_experiment(client, cfg.tracking.experiment, artifact_root(cfg, uri))
+    check_tracking(uri)
+    client, exp_id = open_store(uri, cfg.tracking.experiment, artifact_root(cfg, uri))
     tags = {"nctune.searched": ",".join(cfg.searched()), "nctune.sampler": cfg.search.sampler,
             "nctune.metric": cfg.search.metric, "nctune.mode": cfg.search.mode,
             "nctune.code_version": code_version()}
@@ -134,10 +162,11 @@ def start_tracking(cfg: StudyConfig, data: DataSplits, bank_hashes: dict[str, st
               "searched": ",".join(cfg.searched()), "dataset": cfg.dataset.name,
               "backbone": cfg.backbone.name, "data_hash": data.manifest.get("hash", ""),
               **{f"episode_bank/{s}": h for s, h in bank_hashes.items()}}
-    artifacts = {"config.yaml": dump_config(cfg),
+    artifacts = {"config.yaml": redact_text(dump_config(cfg), uri),
                  "space.json": dump_json({k: v.model_dump() for k, v in cfg.space.items()}),
                  "manifest.json": dump_json({**data.manifest, "episode_banks": bank_hashes})}
     description = cfg.description or f"nctune study '{cfg.name}'"
+    # Not retried: a retry after a half-done call would leave two parent runs.
     parent = log_study_start(client, exp_id, cfg.name, description, tags, params, artifacts)
     return StudyState(name=cfg.name, status="running", tracking_uri=uri,
                       experiment=cfg.tracking.experiment, experiment_id=exp_id,
