@@ -3,7 +3,7 @@
 Three views, one table each:
     hyperparameter_effects  rank correlation of a numeric param with each target (CI over trials)
     per_value_table         mean and 95% CI per value, for params with few distinct values
-                            (one-factor grid sweeps repeated over seeds)
+                            (grid sweeps repeated over seeds, categorical, ints with repeats)
     importances             Optuna parameter importances on a study rebuilt from the runs:
                             fANOVA (fixed seed) and PED-ANOVA (Optuna 5's default), side by side
 Collapse targets (CDNV, NC1) are treated on a log scale: means are geometric.
@@ -101,8 +101,22 @@ def hyperparameter_effects(study: StudyRuns, *, n_boot: int = 2000,
                                        "spearman", "ci_low", "ci_high", "p_value", "reason"])
 
 
+def few_values(values: pd.Series, spec: dict[str, Any] | None = None,
+               max_values: int = MAX_GRID_VALUES) -> bool:
+    """Does a per-value summary suit this parameter? Categorical ones (grid sweeps included:
+    the grid sampler takes categorical values) always; numeric ones when at most `max_values`
+    values recur, two trials or more per value on average. A range sampled afresh per trial
+    (every trial its own value) gets a trend over trials instead: per-value 'means' of one
+    trial each would only join the points."""
+    n_values = values.dropna().astype(str).nunique()
+    if (spec or {}).get("type") == "categorical" or not _is_numeric(values):
+        return True
+    return n_values <= max_values and 2 * n_values <= values.notna().sum()
+
+
 def per_value_table(study: StudyRuns, *, max_values: int = MAX_GRID_VALUES) -> pd.DataFrame:
-    """Mean and t-based 95% CI of each target per value of each param with few values.
+    """Mean and t-based 95% CI of each target per value of each param with few values
+    (`few_values`).
 
     The unit is the trial (typically one seed of one grid point); log targets get geometric
     means with the interval taken on log10 and mapped back.
@@ -110,7 +124,7 @@ def per_value_table(study: StudyRuns, *, max_values: int = MAX_GRID_VALUES) -> p
     frame = study.usable
     rows = []
     for p in effect_params(study):
-        if frame[p].astype(str).nunique() > max_values:
+        if not few_values(frame[p], study.space.get(p), max_values):
             continue
         for t in effect_targets(study):
             for value, g in frame.groupby(p, sort=True):

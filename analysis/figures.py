@@ -21,11 +21,13 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from analysis.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS, comparable_cdnv
-from analysis.effects import effect_params, effect_targets, log_scaled
+from analysis.effects import effect_params, effect_targets, is_log_target, log_scaled
 from analysis.runs import StudyRuns, describe
 
 DPI = 150
 EVALUATOR_NAME = {"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}
+LOG_STEPS = [tuple(float(m) for m in range(1, 10)), (1.0, 2.0, 3.0, 5.0), (1.0, 2.0, 5.0),
+             (1.0, 3.0), (1.0,)]
 SPLIT_TITLE = {"source_train": "source classes, train images",
                "source_test": "source classes, held-out images", "target": "new (target) classes"}
 
@@ -50,7 +52,7 @@ class Colours:
     norm: Any = None
     cmap: Any = None
 
-    def key(self, fig: Figure, axes: Any) -> None:
+    def key(self, fig: Figure, axes: Any, shrink: float = 0.9) -> None:
         if self.discrete is not None:
             handles = [Line2D([], [], marker="o", ls="", color=c, label=v)
                        for v, c in self.discrete.items()]
@@ -60,10 +62,10 @@ class Colours:
             from matplotlib.cm import ScalarMappable
 
             cb = fig.colorbar(ScalarMappable(norm=self.norm, cmap=self.cmap), ax=axes,
-                              shrink=0.9, pad=0.02)
+                              shrink=shrink, pad=0.02)
             cb.set_label(self.label)
             if isinstance(self.norm, LogNorm):
-                cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                log_ticks(cb.ax.yaxis, self.norm.vmin or 0.0, self.norm.vmax or 1.0)
 
 
 def colours(frame: pd.DataFrame, color_by: str | None, log: bool = False) -> Colours:
@@ -90,22 +92,77 @@ def colours(frame: pd.DataFrame, color_by: str | None, log: bool = False) -> Col
                    norm=norm, cmap=cmap)
 
 
-def log_axis(ax: Any, which: str = "x") -> None:
-    """Log scale with plain labels at 1, 2, 5 x 10^k ('0.05', '0.1', '0.2'): easier to read
-    than '5x10^-2', and the minor ticks stay unlabelled so labels never collide."""
-    axis = ax.xaxis if which == "x" else ax.yaxis
+def log_axis(ax: Any, which: str = "x", max_labels: int = 6) -> None:
+    """Log scale with at most about `max_labels` labels at 1, 2, 3, 5 x 10^k (as many of these
+    steps as fit), written plainly ('0.05', '0.2') or, for axes reaching below 0.001,
+    compactly ('3e−5', '1e−3'); minor ticks stay unlabelled so labels never collide."""
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-    lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
-    decades = np.log10(hi / max(lo, 1e-300))
-    subs = (1.0, 2.0, 3.0, 5.0) if decades < 1.5 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
-    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    log_ticks(ax.xaxis if which == "x" else ax.yaxis, lo, hi, max_labels)
+
+
+def log_ticks(axis: Any, lo: float, hi: float, max_labels: int = 6) -> None:
+    """The ticks of `log_axis` on an axis already log-scaled (a colour bar's, too)."""
+    lo = max(lo, 1e-300)
+    exps = np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
+    # the densest steps that still give at most max_labels labels inside the view
+    subs = next((s for s in LOG_STEPS if sum(lo <= m * 10 ** e <= hi for m in s for e in exps)
+                 <= max_labels), (1.0,))
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=max_labels))
+    sci = lo < 1e-3 or hi >= 1e5  # then every label compact, not '3e−4' next to '0.001'
+    axis.set_major_formatter(FuncFormatter(lambda v, _: tick_label(v, sci)))
     axis.set_minor_formatter(NullFormatter())
+
+
+def tick_label(v: float, sci: bool = False) -> str:
+    """'0.05', '200'; '3e−5' below 0.001, from 10^5 on, or for any v if `sci` (shorter than
+    '3e-05' or '0.00003')."""
+    if v == 0 or (not sci and 1e-3 <= abs(v) < 1e5):
+        return f"{v:g}".replace("-", "−")
+    mant, exp = f"{v:.0e}".split("e")
+    return f"{mant}e{int(exp)}".replace("-", "−")
+
+
+def trend(ax: Any, x: np.ndarray, y: np.ndarray, *, log_x: bool, log_y: bool = False,
+          seed: int = 0, clip: tuple[float, float] | None = None, label: str = "",
+          n_boot: int = 500) -> tuple[float, bool] | None:
+    """Least-squares line of y on x, each on the scale its axis uses (log10 where log), with a
+    95% bootstrap band over points; drawn only from MIN_BOOT_TRIALS points on (fewer: a line
+    would overclaim). Returns (slope in axis units, whether `clip` cut the band) or None."""
+    ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True) & ((y > 0) if log_y
+                                                                          else True)
+    u = np.log10(x[ok]) if log_x else x[ok]
+    v = np.log10(y[ok]) if log_y else y[ok]
+    if len(u) < MIN_BOOT_TRIALS or np.ptp(u) == 0:
+        return None
+    grid = np.linspace(u.min(), u.max(), 50)
+    slope, icpt = np.polyfit(u, v, 1)
+    i = np.random.default_rng(seed).integers(0, len(u), (n_boot, len(u)))
+    uu, vv = u[i] - u[i].mean(1, keepdims=True), v[i] - v[i].mean(1, keepdims=True)
+    sxx = (uu ** 2).sum(1)
+    keep = sxx > 0  # a resample of one repeated x has no slope
+    b = (uu * vv).sum(1)[keep] / sxx[keep]
+    fits = b[:, None] * (grid - u[i][keep].mean(1, keepdims=True)) + v[i][keep].mean(
+        1, keepdims=True)
+    lo, hi = np.percentile(fits, [2.5, 97.5], axis=0)
+    line = slope * grid + icpt
+    gx = 10 ** grid if log_x else grid
+    line, lo, hi = (10 ** a if log_y else a for a in (line, lo, hi))
+    cut = False
+    if clip is not None:
+        cut = bool((lo < clip[0]).any() or (hi > clip[1]).any())
+        line, lo, hi = (np.clip(a, *clip) for a in (line, lo, hi))
+    ax.plot(gx, line, color="black", lw=1.5, label=label or "least-squares trend", gid="trend")
+    ax.fill_between(gx, lo, hi, color="0.5", alpha=0.2, lw=0, gid="band",
+                    label="95% bootstrap band" + (f" (clipped to {clip[0]:g}–{clip[1]:g})"
+                                                  if cut and clip else ""))
+    return float(slope), cut
 
 
 def _note(ax: Any, text: str, loc: str = "upper right") -> None:
     xy = {"upper right": (0.98, 0.97, "right", "top"), "upper left": (0.02, 0.97, "left", "top"),
-          "lower left": (0.02, 0.03, "left", "bottom")}[loc]
+          "lower left": (0.02, 0.03, "left", "bottom"),
+          "lower right": (0.98, 0.03, "right", "bottom")}[loc]
     ax.text(xy[0], xy[1], text, transform=ax.transAxes, ha=xy[2], va=xy[3], fontsize=9,
             bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
 
@@ -124,21 +181,11 @@ def transfer_vs_cdnv(final: pd.DataFrame, history: pd.DataFrame, transfer: str, 
         ax.errorbar(x, y, yerr=100 * f[ci_col].to_numpy(float), fmt="none", ecolor="0.6",
                     elinewidth=0.8, zorder=1)
     ax.scatter(x, y, c=cols, s=45, edgecolors="black", linewidths=0.5, zorder=3)
-    if len(f) >= MIN_BOOT_TRIALS and np.ptp(np.log10(x)) > 0:  # fewer: a line would overclaim
-        lx = np.log10(x)
-        grid = np.linspace(lx.min(), lx.max(), 50)
-        rng = np.random.default_rng(seed)
-        fits = []
-        for _ in range(500):
-            i = rng.integers(0, len(lx), len(lx))
-            if np.ptp(lx[i]) > 0:
-                fits.append(np.polyval(np.polyfit(lx[i], y[i], 1), grid))
-        slope, icpt = np.polyfit(lx, y, 1)
-        ax.plot(10 ** grid, slope * grid + icpt, color="black", lw=1.5,
-                label=f"least-squares trend: {slope:+.1f} percentage points per 10× CDNV".replace(
-                    "-", "−"))
-        lo, hi = np.percentile(fits, [2.5, 97.5], axis=0)
-        ax.fill_between(10 ** grid, lo, hi, color="0.5", alpha=0.2, lw=0, label="95% band")
+    fit = trend(ax, x, y, log_x=True, seed=seed)
+    if fit is not None:
+        slope = f"{fit[0]:+.1f}".replace("-", "−")
+        next(ln for ln in ax.lines if ln.get_gid() == "trend").set_label(
+            f"least-squares trend: {slope} percentage points per 10× CDNV")
         ax.legend(loc="lower left", fontsize=8, frameon=False)
     log_axis(ax)
     ax.set_xlabel("target CDNV at the final epoch (log scale; lower = more collapse)")
@@ -197,61 +244,105 @@ def cdnv_over_epochs(history: pd.DataFrame, c: Colours) -> Figure:
 
 def effect_curves(final: pd.DataFrame, params: list[str], targets: list[str],
                   effects: pd.DataFrame, per_value: pd.DataFrame, c: Colours,
-                  log_params: set[str] | frozenset[str] = frozenset()) -> Figure:
-    """A panel per (target, param): trials as points; mean and 95% CI per value for params
-    with few values; Spearman with its CI in the corner."""
-    fig = Figure(figsize=(3.6 * max(1, len(params)) + 1.2, 3.3 * len(targets)),
-                 layout="constrained")
-    axes = fig.subplots(len(targets), max(1, len(params)), squeeze=False)
-    rng = np.random.default_rng(0)
-    mean_handle: tuple[list[Any], list[str]] = ([], [])
-    for r, t in enumerate(targets):
-        log_t = t.startswith(("cdnv", "nc1"))
-        scale = 1.0 if log_t else 100.0
-        for k, p in enumerate(params):
+                  space: dict[str, dict[str, Any]] | None = None, seed: int = 0) -> Figure:
+    """A row per hyperparameter, a column per target: trials as points; for params in
+    `per_value` (few values) the mean and 95% CI per value, for the rest a least-squares trend
+    with a bootstrap band; Spearman with its CI (or Kruskal-Wallis p) above each panel.
+    `space` (the study's space.json) says which params were log-scaled and which categorical:
+    these sit at evenly spaced positions, one per value."""
+    space = space or {}
+    log_params = {p for p in params if log_scaled(final[p], space.get(p))}
+    categorical = {p for p in params if (space.get(p) or {}).get("type") == "categorical"
+                   or not pd.api.types.is_numeric_dtype(final[p])}
+    rows, cols = max(1, len(params)), max(1, len(targets))
+    fig = Figure(figsize=(4.2 * cols + 1.8, 2.6 * rows + 1.0), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    handles: dict[str, Any] = {}
+    for r, p in enumerate(params):
+        for k, t in enumerate(targets):
             ax = axes[r, k]
-            col = final[p]
-            numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
             pv = per_value[(per_value["param"] == p) & (per_value["target"] == t)]
-            if numeric:
-                xs = col.to_numpy(float)
-            else:
-                cats = sorted(col.astype(str).unique())
-                xs = np.array([cats.index(v) for v in col.astype(str)], float)
-                ax.set_xticks(range(len(cats)), cats)
-            # few values: spread the trials sideways a little so overlapping points show
-            steps = np.diff(np.unique(xs[np.isfinite(xs)])) if not pv.empty else np.array([])
-            jitter = rng.uniform(-0.1, 0.1, len(xs)) * (steps.min() if len(steps) else 0.0)
-            ax.scatter(xs + jitter, scale * final[t].to_numpy(float), s=22, alpha=0.8,
-                       c=[c.colour[i] for i in final["trial_index"]], edgecolors="none")
-            if not pv.empty:
-                px = pv["value"].to_numpy(float) if numeric else \
-                    np.array([cats.index(str(v)) for v in pv["value"]], float)
-                m = scale * pv["mean"].to_numpy(float)
-                err = np.abs(np.vstack([m - scale * pv["ci_low"], scale * pv["ci_high"] - m]))
-                ax.errorbar(px, m, yerr=np.nan_to_num(err), fmt="D-", color="black", ms=5,
-                            lw=1.2, capsize=3, label="mean and 95% CI per value")
-                mean_handle = ax.get_legend_handles_labels()
-            if numeric and p in log_params:
-                log_axis(ax)
-            if log_t:
-                log_axis(ax, "y")
             e = effects[(effects["param"] == p) & (effects["target"] == t)]
-            if len(e) and np.isfinite(e["spearman"].iloc[0]):
-                s = e.iloc[0]
-                _note(ax, f"ρ = {s.spearman:.2f} [{s.ci_low:.2f}, {s.ci_high:.2f}]".replace(
-                          "-", "−"),
-                      "upper left")
-            ax.set_xlabel(p + (" (log scale)" if ax.get_xscale() == "log" else ""))
-            if k == 0:
-                ax.set_ylabel(describe(t) + (" (log scale)" if log_t else " (%)"))
-            ax.grid(True, alpha=0.3)
-    c.key(fig, axes.ravel().tolist())
-    if mean_handle[0]:
-        fig.legend(*mean_handle, loc="outside lower center", fontsize=9, frameon=False)
-    fig.suptitle("Effect of each searched hyperparameter (final epoch, one point per trial)",
-                 fontsize=11)
+            _effect_panel(ax, final, p, t, pv, c, log_x=p in log_params,
+                          categorical=p in categorical, seed=seed + 7 * r + k)
+            ax.set_title(_effect_title(e), fontsize=9, loc="left")
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+    c.key(fig, axes.ravel().tolist(), shrink=min(0.9, 4.0 / (2.6 * rows + 1.0)))
+    handles = {"trial (colour: " + c.label + ")": Line2D(
+        [], [], marker="o", ls="", color="0.45", markeredgecolor="black", markeredgewidth=0.4),
+        **handles}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=9,
+               frameon=False, ncol=min(len(handles), 2))
+    fig.suptitle("Effect of each searched hyperparameter at the final epoch (one point per "
+                 "trial)", fontsize=11)
     return fig
+
+
+def _effect_title(e: pd.DataFrame) -> str:
+    if not len(e):
+        return ""
+    s = e.iloc[0]
+    if np.isfinite(s.spearman):
+        ci = f" [{s.ci_low:.2f}, {s.ci_high:.2f}]" if np.isfinite(s.ci_low) else " (no CI)"
+        return f"Spearman ρ = {s.spearman:.2f}{ci}".replace("-", "−")
+    if s.kind == "categorical" and np.isfinite(s.p_value):
+        return f"Kruskal–Wallis p = {s.p_value:.2g}"
+    return f"ρ not computed: {s.reason}" if s.reason else ""
+
+
+def _effect_panel(ax: Any, final: pd.DataFrame, p: str, t: str, pv: pd.DataFrame, c: Colours,
+                  *, log_x: bool, categorical: bool, seed: int) -> None:
+    """One (param, target) panel; see `effect_curves`."""
+    col, log_y = final[p], is_log_target(t)
+    scale = 1.0 if log_y else 100.0
+    y = scale * final[t].to_numpy(float)
+    clip = None if log_y else (0.0, 100.0)  # accuracies: an interval past 100% means nothing
+    cats = sorted(col.dropna().unique(), key=lambda v: (isinstance(v, str), v))
+    pos = {v: float(i) for i, v in enumerate(cats)}
+    as_cats = categorical or not pd.api.types.is_numeric_dtype(col)
+    log_x = log_x and not as_cats
+    xs = col.map(pos).to_numpy(float) if as_cats else col.to_numpy(float)
+    clipped = False
+    if pv.empty:  # a value per trial: points and a trend over them
+        ax.scatter(xs, y, s=28, c=[c.colour[i] for i in final["trial_index"]],
+                   edgecolors="black", linewidths=0.4, zorder=3, gid="trials")
+        fit = trend(ax, xs, y, log_x=log_x, log_y=log_y, seed=seed, clip=clip,
+                    label="least-squares trend (on the axes' scales)")
+        clipped = bool(fit and fit[1])
+    else:  # few values: spread each value's trials sideways a little so overlaps show
+        u = np.log10(xs) if log_x else xs
+        steps = np.diff(np.unique(u[np.isfinite(u)]))
+        u = u + np.random.default_rng(seed).uniform(-0.12, 0.12, len(u)) * (
+            steps.min() if len(steps) else 0.0)
+        ax.scatter(10 ** u if log_x else u, y, s=22, alpha=0.85, zorder=2,
+                   c=[c.colour[i] for i in final["trial_index"]], edgecolors="none",
+                   gid="trials")
+        px = pv["value"].map(pos).to_numpy(float) if as_cats else pv["value"].to_numpy(float)
+        m, lo, hi = (scale * pv[k].to_numpy(float) for k in ("mean", "ci_low", "ci_high"))
+        if clip is not None:
+            clipped = bool(((lo < clip[0]) | (hi > clip[1])).any())
+            lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
+        err = np.nan_to_num(np.abs(np.vstack([m - lo, hi - m])))  # one trial: no bar
+        ordered = pd.api.types.is_numeric_dtype(col)  # a line through means only if ordered
+        ax.errorbar(px, m, yerr=err, fmt="D-" if ordered else "D", color="black", ms=5,
+                    lw=1.0, capsize=3, zorder=4, gid="per_value",
+                    label="mean and 95% CI per value (t interval over its trials)")
+    if as_cats:
+        ax.set_xticks(range(len(cats)), [tick_label(v) if isinstance(v, float) else str(v)
+                                         for v in cats])
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+    elif log_x:
+        log_axis(ax)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=pd.api.types.is_integer_dtype(col)))
+    if log_y:
+        log_axis(ax, "y", max_labels=5)
+    if clipped:
+        _note(ax, "interval clipped to 0–100%", "lower right")
+    ax.set_xlabel(p + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel(describe(t) + (" (log scale)" if log_y else " (%)"), fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
 
 
 def bound_vs_error(table: pd.DataFrame) -> Figure:
@@ -340,9 +431,13 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
                      "trial, on a shared log axis.", cdnv_over_epochs(hist, c)))
     if c is not None and params and targets:
         made.append(("effects", "Each searched hyperparameter against target CDNV and few-shot "
-                     "accuracy at the final epoch; diamonds: mean and 95% CI per value.",
+                     "accuracy at the final epoch, one row per hyperparameter. Parameters with "
+                     "few values (grid, categorical, repeated ints): diamonds give the mean and "
+                     "95% CI per value. Parameters sampled from a range: a least-squares trend "
+                     f"on the axes' scales, with a bootstrap band (from {MIN_BOOT_TRIALS} trials "
+                     "on). Above each panel: Spearman ρ with its 95% CI.",
                      effect_curves(final, params, targets, t["effects"], t["per_value"], c,
-                                   logs)))
+                                   study.space, seed)))
     if len(t["bound"]):
         made.append(("bound_vs_error", "Observed NCC error against the CDNV bound at every "
                      "evaluated (trial, epoch); below the diagonal the bound holds, right of "

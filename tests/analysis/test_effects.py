@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from scipy import stats
 from analysis.effects import (
     create_evaluator,
     effect_params,
+    few_values,
     hyperparameter_effects,
     importances,
     log_scaled,
@@ -24,7 +26,7 @@ ACC = "fewshot/5w5s/ncc/acc"
 
 
 @pytest.fixture(scope="module")
-def planted(empty_store, tmp_path_factory) -> StudyRuns:  # type: ignore[no-untyped-def]
+def planted(empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> StudyRuns:
     """weight_decay drives target CDNV; label_smoothing drives accuracy; dropout, optimizer
     and seed do nothing."""
     import shutil
@@ -86,7 +88,8 @@ def test_fanova_is_reproducible_with_its_seed(planted: StudyRuns) -> None:
 def test_grid_sweep_means_and_intervals_per_value(new_store: Callable[[], str]) -> None:
     uri = new_store()
     rng = np.random.default_rng(7)
-    trials, truth = [], {}
+    trials = []
+    truth: dict[float, list[tuple[float, float]]] = {}
     for ls in (0.0, 0.1, 0.2):
         for seed in range(4):
             cdnv = 0.1 * (1 + 5 * ls) * float(np.exp(rng.normal(0, 0.05)))
@@ -139,3 +142,13 @@ def test_too_few_trials_give_reasons_not_crashes(new_store: Callable[[], str]) -
     assert imp["param"].isna().all() and imp["reason"].str.contains("2 usable").all()
     e = hyperparameter_effects(s)
     assert e["spearman"].isna().all() and e["reason"].str.contains("needs at least 3").all()
+
+
+def test_per_value_summaries_only_where_values_recur() -> None:
+    rng = np.random.default_rng(0)
+    assert not few_values(pd.Series(rng.uniform(0, 1, 10)))  # a range: each trial its own value
+    assert few_values(pd.Series([4, 6, 8, 4, 6, 8, 4, 6]))  # ints with repeats
+    assert not few_values(pd.Series([4, 6, 8, 5]))  # 4 values over 4 trials: a trend instead
+    assert few_values(pd.Series([0.1, 0.2, 0.3]), {"type": "categorical"})  # a grid sweep
+    assert few_values(pd.Series(["sgd", "adamw", "sgd"]))
+    assert not few_values(pd.Series(np.resize(np.arange(13.0), 26)))  # over MAX_GRID_VALUES
