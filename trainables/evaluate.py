@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from analysis.collapse import collapse_metrics
+from analysis.collapse_stats import class_stats
 from analysis.fewshot import (
     EpisodeBank,
     evaluate_episodes,
@@ -108,7 +109,8 @@ def evaluate(model: torch.nn.Module, data: DataSplits, banks: dict[str, EpisodeB
     }
     weight = model.classifier.weight.detach().float()  # type: ignore[union-attr,operator]
     src_metrics = collapse_metrics(src.features, src.labels, classifier_weight=weight)
-    src_means = class_means(src.features, src.labels, len(data.source_train.class_names))
+    src_means = class_stats(src.features, src.labels,
+                            len(data.source_train.class_names)).means
     test_metrics = collapse_metrics(test.features, test.labels, logits=test.logits,
                                     means_for_nc4=src_means)
     tgt_metrics = collapse_metrics(tgt.features, tgt.labels)
@@ -136,11 +138,3 @@ def fewshot_metrics(features: torch.Tensor, bank: EpisodeBank, shape: str,
         out[f"fewshot/{shape}/{clf}/ci95"] = float(res.ci95)
     return out
 
-
-def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class mean features (float64), for NC4's nearest-class-centre rule."""
-    f = features.double()
-    sums = torch.zeros(num_classes, f.shape[1], dtype=f.dtype, device=f.device)
-    sums.index_add_(0, labels, f)
-    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(f.dtype)
-    return sums / counts[:, None]

@@ -23,7 +23,7 @@ from trainables.augment import BatchAugment, mixup, normalize
 from trainables.backbones import create_backbone
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
-from trainables.data import DataSplits, load_splits
+from trainables.data import DataSplits, get_dataset_class, load_splits
 from trainables.evaluate import DivergedError, build_banks, evaluate
 from trainables.optim import build_optimizer, build_scheduler
 
@@ -142,7 +142,8 @@ class Trainer:
         self.steps_per_epoch = max(1, n // min(cfg.training.batch_size, n))
         self.optimizer = build_optimizer(self.model, cfg.training)
         self.scheduler = build_scheduler(self.optimizer, cfg.training, self.steps_per_epoch)
-        self.augment = BatchAugment(cfg.dataset.image_size, mode="pad_crop", flip=False,
+        flip = get_dataset_class(cfg.dataset.name).mirror_invariant  # photos, not glyphs
+        self.augment = BatchAugment(cfg.dataset.image_size, mode="pad_crop", flip=flip,
                                     strength=cfg.training.aug_strength)
         self.banks = {k: b.to(device) for k, b in build_banks(self.data.target,
                                                                cfg.evaluation).items()}

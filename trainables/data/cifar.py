@@ -106,6 +106,7 @@ class _Cifar100Split(Dataset):
     """Shared loader; subclasses say how the 100 classes divide into train / val / test."""
 
     canonical: ClassVar[str | None] = "train/val/test"
+    mirror_invariant: ClassVar[bool] = True
 
     def parts(self, fine_names: list[str], fine_to_coarse: dict[str, str]) -> dict[
         str, list[str]

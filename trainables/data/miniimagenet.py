@@ -67,6 +67,7 @@ class MiniImageNet(Dataset):
 
     name: ClassVar[str] = "mini-imagenet"
     canonical: ClassVar[str | None] = "train/val/test"
+    mirror_invariant: ClassVar[bool] = True
     description: ClassVar[str] = "mini-ImageNet (Ravi & Larochelle split): images/ + CSVs"
 
     def _files(self) -> tuple[Path, dict[str, Path]]:

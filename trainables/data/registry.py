@@ -60,6 +60,8 @@ class Dataset(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     canonical: ClassVar[str | None] = None  # name of the data set's own split, if it has one
+    # Does a mirror image keep its class? Photos yes; characters and digits no (b vs d).
+    mirror_invariant: ClassVar[bool] = False
 
     def __init__(self, cfg: DatasetConfig) -> None:
         self.cfg = cfg
