@@ -7,6 +7,7 @@ ray.train.RunConfig crashes a Tuner, so everything here comes from ray.tune.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -53,6 +54,9 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     if cfg.search.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+KEEP_CHECKPOINTS = 2  # per trial: the newest two (one may be mid-write when a node dies)
 
 
 def trainable(cfg: StudyConfig) -> Any:
@@ -102,7 +106,7 @@ def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=state.ray_path, callbacks=callbacks(cfg, state),
         failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
         verbose=0,
     )
     return tune.Tuner(trainable(cfg), param_space=base_param_space(cfg),
@@ -112,8 +116,28 @@ def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
 def restore_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
     quiet_ray_output()
     path = os.path.join(state.ray_path, cfg.name)
+    fill_checkpoint_gaps(Path(path))
     return tune.Tuner.restore(path, trainable=trainable(cfg), resume_errored=False,
                               restart_errored=False, resume_unfinished=True)
+
+
+def fill_checkpoint_gaps(experiment: Path) -> None:
+    """Put an empty folder where a restored trial's oldest kept checkpoint may be missing.
+
+    Tune keeps KEEP_CHECKPOINTS per trial and forces a snapshot every KEEP_CHECKPOINTS new
+    ones, so the snapshot a killed driver left can list one checkpoint it deleted since. Once
+    restored, Tune deletes that one again when the next checkpoint arrives, fails on the missing
+    folder (FileNotFoundError) and logs the whole result as an error. Local storage only.
+    """
+    if not experiment.is_dir():
+        return
+    for trial in experiment.glob("t*"):
+        found = [int(p.name.rsplit("_", 1)[1]) for p in trial.glob("checkpoint_*")
+                 if p.name.rsplit("_", 1)[1].isdigit()]
+        if found:
+            newest = max(found)
+            for index in range(max(0, newest - KEEP_CHECKPOINTS), newest):
+                (trial / f"checkpoint_{index:06d}").mkdir(exist_ok=True)
 
 
 def can_restore(state: StudyState) -> bool:
