@@ -1,6 +1,6 @@
 """Do two concurrent trials finish twice as many trials per hour as one, on a 2-core machine?
 
-Expected run time: about 3.5 minutes on a quiet 2-core machine (up to ~8 under heavy load);
+Expected run time: about 3 minutes on a 2-core machine at load ~3 (up to ~8 under heavy load);
 `--quick` about 1.
 
 Claim (aim >= 1.7): the demo preset run at `search.max_concurrent` 2 completes trials at >= 1.7
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import multiprocessing as mp
 import os
 import tempfile
@@ -51,7 +50,7 @@ from ray import tune
 
 import study.tuner
 from study.config import StudyConfig
-from study.driver import run_study
+from study.driver import init_ray, run_study
 from study.presets import read_preset
 
 
@@ -214,11 +213,18 @@ def machine_scaling(seconds: float) -> dict[str, Any]:
     return {"steps_per_s": [round(t, 2) for t in totals], "ratio": round(totals[1] / one, 3)}
 
 
-def start_local_ray() -> None:
-    """The product's local Ray (study.driver.init_ray's arguments), always a new instance:
-    `ray.init()` with no address would join the newest `ray start` cluster on this machine."""
-    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+def start_ray() -> str:
+    """The product's local Ray (`study.driver.init_ray`), unless `ray.init()` without an address
+    would join a `ray start` cluster recorded in /tmp/ray (perhaps another developer's): then a
+    new local instance. Says which."""
+    from ray._private.services import find_bootstrap_address
+
+    os.environ.pop("RAY_ADDRESS", None)
+    if find_bootstrap_address(None) is None:
+        init_ray(None)
+        return "study.driver.init_ray"
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    return "ray.init(address='local'): a 'ray start' cluster is recorded in /tmp/ray"
 
 
 def demo_study(root: str, concurrent: int, samples: int, quick: bool) -> StudyConfig:
@@ -274,7 +280,7 @@ def main() -> None:
     load_start = os.getloadavg()
     machine = machine_scaling(3.0 if args.quick else 10.0)
     with tempfile.TemporaryDirectory(prefix="nctune-scaling-") as root:
-        start_local_ray()
+        ray_start = start_ray()
         try:
             one = run(demo_study(root, 1, samples, args.quick))
             two = run(demo_study(root, 2, samples, args.quick))
@@ -309,6 +315,7 @@ def main() -> None:
         "machine_steps_per_s_1_2_1": machine["steps_per_s"],
         "ratio_over_machine_ratio": round(ratio / machine["ratio"], 3),
         "claim_ratio_ge_1.7": ratio >= 1.7,
+        "ray": ray_start,
         "quick": args.quick,
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],

@@ -1,7 +1,7 @@
 """What does running a trial through Ray Tune + MLflow cost, and what does evaluation cost?
 
-Expected run time: about 3 minutes on a quiet 2-core machine (up to ~6 under heavy load);
-`--quick` about 1 minute.
+Expected run time: about 1.5 minutes on a 2-core machine at load ~3 (up to ~6 under heavy
+load); `--quick` about 1 minute.
 
 Claim 1 (ratio <= 1.05): an epoch of the Ray trainable with tracking on and evaluation off takes
 at most 5% longer than a bare PyTorch loop on the same model, data and threads. The trainable runs
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import multiprocessing as mp
 import os
 import statistics
@@ -53,7 +52,7 @@ from ray import tune
 
 import study.tuner
 from study.config import StudyConfig
-from study.driver import run_study
+from study.driver import init_ray, run_study
 from study.presets import read_preset
 from trainables.augment import BatchAugment
 from trainables.backbones import create_backbone
@@ -80,12 +79,18 @@ class ResultClock(tune.Callback):
         })
 
 
-def start_local_ray() -> None:
-    """The product's local Ray (study.driver.init_ray's arguments), always a new instance:
-    `ray.init()` with no address would join the newest `ray start` cluster on this machine,
-    which may be another developer's."""
-    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+def start_ray() -> str:
+    """The product's local Ray (`study.driver.init_ray`), unless `ray.init()` without an address
+    would join a `ray start` cluster recorded in /tmp/ray (perhaps another developer's): then a
+    new local instance. Says which."""
+    from ray._private.services import find_bootstrap_address
+
+    os.environ.pop("RAY_ADDRESS", None)
+    if find_bootstrap_address(None) is None:
+        init_ray(None)
+        return "study.driver.init_ray"
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    return "ray.init(address='local'): a 'ray start' cluster is recorded in /tmp/ray"
 
 
 def with_callback(callback: tune.Callback, run: Callable[[], Any]) -> Any:
@@ -263,7 +268,7 @@ def main() -> None:
         flat = cfg.trial_config().flat()
         bare_before = bare_process(flat, threads, epochs, RAY_WORKER_NICENESS)[1:]
         clock = ResultClock()
-        start_local_ray()
+        ray_start = start_ray()
         try:
             state = with_callback(clock, lambda: run_study(cfg, report=False))
             # Ray stays up (idle) while the bare loop runs again: its daemons are part of the
@@ -307,6 +312,7 @@ def main() -> None:
         "claim_ratio_le_1.05": ratio <= 1.05,
         **fraction,
         "claim_eval_fraction_le_0.25": fraction["eval_fraction"] <= 0.25,
+        "ray": ray_start,
         "quick": args.quick,
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],

@@ -1,7 +1,7 @@
 """Is a data set held once per node, not once per trial? Memory of 4 concurrent trials.
 
-Expected run time: about 6 minutes on a quiet 2-core machine (up to ~12 under heavy load), of
-which ~1.5 builds the 530 MB image folder and its split cache; `--quick` (a 140 MB set) about 4.
+Expected run time: about 4 minutes on a 2-core machine at load ~3 (up to ~12 under heavy load),
+of which ~0.5 builds the 530 MB image folder and its split cache; `--quick` (a 140 MB set) ~2.
 
 Claim (aim <= 0.5): running 4 concurrent trials on a data set of >= 500 MB instead of a tiny one
 grows the trials' summed unique (private) memory, psutil's USS, by at most half the data set's
@@ -16,11 +16,11 @@ are the `folder` data set (canonical split from split.json) over one folder of 1
 files generated here, and both use the same model, batch size and evaluation, so the trials'
 own memory (torch, activations, features) is the same and only the data differs: the tiny split
 still fills every training and evaluation batch, since smaller batches would need less
-activation memory and flatter the figure. Each trial evaluates after every epoch (3 epochs on
-the large set, 15 on the tiny one: all 4 must run at once for a while), so by its first report
+activation memory and flatter the figure. Each trial evaluates after every epoch (4 epochs on
+the large set, 30 on the tiny one: all 4 must run at once for a while), so by its first report
 it has read every image of all three splits (an epoch over source_train, then features of the
 capped source_train, source_test and target). The driver finds the trials' worker processes
-from their results (`pid`) and samples USS, PSS and RSS of all 4 every second while all 4 are
+from their results (`pid`) and samples USS, PSS and RSS of all 4 twice a second while all 4 are
 past their first report and none has finished; the figures are medians of the summed samples.
 growth = (sum large - sum tiny) / (bytes large - bytes tiny), bytes being the split arrays'
 sizes. USS near 0 and PSS near 1 mean one shared copy; RSS near 4 shows each trial really
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import tempfile
@@ -52,7 +51,7 @@ from ray import tune
 
 import study.tuner
 from study.config import StudyConfig
-from study.driver import run_study
+from study.driver import init_ray, run_study
 
 TRIALS = 4
 SIZE = 128  # RGB: 49,152 bytes per image
@@ -69,7 +68,8 @@ QUICK_LARGE = (60, 200, 26)  # 2,860 images, 141 MB
 # a minute or more for all 4 to run at once for a while: an epoch of the tiny set takes seconds,
 # one of the large set most of a minute. Nothing a trial holds grows with the epochs (results
 # and checkpoints leave the worker).
-EPOCHS = {"tiny": 15, "large": 3, "quick-large": 6}
+EPOCHS = {"tiny": 30, "large": 4, "quick-large": 8}
+MIN_SAMPLES = 5
 
 
 def write_folder(root: Path, counts: tuple[int, int, int]) -> int:
@@ -141,7 +141,7 @@ class TrialWatch(tune.Callback):
 
 
 def sample(watch: TrialWatch, stop: threading.Event, out: dict[str, Any], cache: str) -> None:
-    """Every second while all trials are past their first report and none has ended: USS,
+    """Twice a second while all trials are past their first report and none has ended: USS,
     PSS, RSS and anonymous bytes of each trial's worker process (one row per sample)."""
     rows: list[dict[int, dict[str, int]]] = []
     mapped: set[int] = set()
@@ -170,7 +170,7 @@ def sample(watch: TrialWatch, stop: threading.Event, out: dict[str, Any], cache:
             rows.append({pid: {"uss": i.uss, "pss": i.pss, "rss": i.rss,
                                "anon": anonymous_bytes(pid)} for pid, i in zip(pids, infos,
                                                                                strict=True)})
-        stop.wait(1.0)
+        stop.wait(0.5)
     out["rows"] = rows
     out["window_s"] = 0.0 if started is None or ended is None else ended - started
     out["processes_mapping_cache"] = len(mapped)
@@ -184,11 +184,18 @@ def anonymous_bytes(pid: int) -> int:
     return 0
 
 
-def start_local_ray() -> None:
-    """The product's local Ray (study.driver.init_ray's arguments), always a new instance:
-    `ray.init()` with no address would join the newest `ray start` cluster on this machine."""
-    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+def start_ray() -> str:
+    """The product's local Ray (`study.driver.init_ray`), unless `ray.init()` without an address
+    would join a `ray start` cluster recorded in /tmp/ray (perhaps another developer's): then a
+    new local instance. Says which."""
+    from ray._private.services import find_bootstrap_address
+
+    os.environ.pop("RAY_ADDRESS", None)
+    if find_bootstrap_address(None) is None:
+        init_ray(None)
+        return "study.driver.init_ray"
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    return "ray.init(address='local'): a 'ray start' cluster is recorded in /tmp/ray"
 
 
 def measure(cfg: StudyConfig, cache: str) -> dict[str, Any]:
@@ -207,7 +214,7 @@ def measure(cfg: StudyConfig, cache: str) -> dict[str, Any]:
         stop.set()
         thread.join()
     rows = out["rows"]
-    if state.status != "completed" or not rows:
+    if state.status != "completed" or len(rows) < MIN_SAMPLES:
         raise RuntimeError(f"study '{cfg.name}' ended '{state.status}' with {len(rows)} memory "
                            "samples; 4 trials must run at once for a while (a busy machine "
                            "may need more epochs)")
@@ -256,7 +263,7 @@ def main() -> None:
         large_bytes = data_bytes(large_cfg)  # decodes the PNGs into the split cache
         cache_s = time.perf_counter() - start
         tiny_bytes = data_bytes(tiny_cfg)
-        start_local_ray()
+        ray_start = start_ray()
         try:
             tiny = measure(tiny_cfg, cache)
             big = measure(large_cfg, cache)
@@ -289,6 +296,7 @@ def main() -> None:
         "uss_growth_x_of_minima": growth("uss_mb_sum_of_minima"),
         "uss_growth_x_of_maxima": growth("uss_mb_sum_of_maxima"),
         "claim_uss_growth_le_0.5": growth("uss") <= 0.5,
+        "ray": ray_start,
         "quick": args.quick,
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
