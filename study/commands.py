@@ -87,13 +87,17 @@ def exit_code(state: StudyState) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from study.driver import known_studies
+    from study.guard import driver_alive
     from study.summary import render
 
     rows = []
     for name in known_studies(args.root):
-        state = json.loads((Path(args.root) / "studies" / name / "study.json").read_text())
+        folder = Path(args.root) / "studies" / name
+        state = json.loads((folder / "study.json").read_text())
         status = state["status"] + (f" ({state['stop_reason']})" if state.get("stop_reason")
                                     else "")
+        if state["status"] == "running" and not driver_alive(folder):
+            status = "running (no driver: resume it)"  # killed, or its machine went down
         rows.append([name, status, str(state["num_samples"]), state["created"],
                      best_of(name, state)])
     if not rows:

@@ -54,10 +54,10 @@ class StudyLock:
     SIGKILL, so a killed study can be resumed at once.
     """
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, timeout: float = 2.0) -> None:
         self.path = folder / ".driver.lock"
         self.name = name
-        self.lock = FileLock(str(self.path), timeout=0)
+        self.lock = FileLock(str(self.path), timeout=timeout)
 
     def __enter__(self) -> StudyLock:
         try:
@@ -69,6 +69,15 @@ class StudyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
+
+
+def driver_alive(folder: Path) -> bool:
+    """Whether a driver holds the study's lock now (a SIGKILLed one does not)."""
+    try:
+        with StudyLock(folder, folder.name, timeout=0):
+            return False
+    except InputError:
+        return True
 
 
 class GracefulStop:

@@ -21,6 +21,7 @@ from tests.study.reliability import (
     audit,
     kill_study,
     live_results,
+    result_lines,
     study_runs,
     this_session,
     trial_run_count,
@@ -43,7 +44,8 @@ def uninterrupted(tmp_path_factory, local_ray):
 
 def kill_when(point: str, driver: Driver, name: str) -> Callable[[], bool]:
     """When to SIGKILL the driver, from what it has written (results, trial runs)."""
-    db = driver.cwd / "mlflow.db"
+    root = driver.cwd
+    db = root / "mlflow.db"
 
     def results() -> list[dict]:
         return live_results(Path(driver.temp), name)
@@ -51,8 +53,12 @@ def kill_when(point: str, driver: Driver, name: str) -> Callable[[], bool]:
     def before_first_report() -> bool:  # a trial's run exists, its worker is still starting
         return trial_run_count(db) >= 1 and not results()
 
-    def mid_trial() -> bool:  # the first trial has reported epoch 2 of 3
-        return [r.get("epoch") for r in results()] == [1, 2]
+    def mid_trial() -> bool:
+        """The first trial has reported epoch 2 of 3 and Tune has saved that: its snapshot of
+        result.json under ray/ (copied only with a snapshot, here the one Tune forces at a
+        trial's second checkpoint) shows it. The trial resumes from epoch 2's checkpoint."""
+        saved = [r.get("epoch") for r in result_lines(root / "ray" / name)]
+        return saved == [1, 2] and len(results()) == 2
 
     def second_trial_reported() -> bool:  # one trial ended, the next reported an epoch
         done = results()
@@ -99,8 +105,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_study(point, tmp_path, loca
     assert "ERROR" not in captured.err and "Traceback" not in captured.err, captured.err
     got = audit(cfg, cfg.tracking_uri())
     resumed = [line for line in out.splitlines() if line.startswith("Resumed:")]
-    ids = {r["trial_id"] for r in before}
-    again = [r["epoch"] for r in live_results(this_session(), name) if r["trial_id"] in ids]
+    # Tune copies a restored trial's old results into its new result.json: new pids only.
+    ids, pids = {r["trial_id"] for r in before}, {r["pid"] for r in before}
+    again = [r["epoch"] for r in live_results(this_session(), name)
+             if r["trial_id"] in ids and r["pid"] not in pids]
     at_kill["first_epoch_reported_after_resume"] = min(again, default=None)
     print(json.dumps({"kill_point": point, **at_kill,
                       **{k: v for k, v in got.items() if k != "configs"}, "resume": resumed}))
@@ -111,6 +119,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_study(point, tmp_path, loca
     # The restored searcher proposes exactly what the uninterrupted study proposed, in order:
     # nothing finished is proposed again, nothing is skipped.
     assert got["configs"] == uninterrupted["configs"]
+    if point == "mid_trial":  # Tune had saved epoch 2's checkpoint: no restart from scratch
+        assert at_kill["first_epoch_reported_after_resume"] >= 2
     state = json.loads((tmp_path / "studies" / name / "study.json").read_text())
     assert state["status"] == "completed"
 

@@ -60,6 +60,16 @@ def test_resume_while_the_study_runs_is_refused(tmp_path, capsys):
     assert "running in another process" in one_error_line(capsys)
 
 
+def test_ls_tells_a_killed_study_from_a_running_one(tmp_path, capsys):
+    folder = saved_study(tmp_path, "alive", "running")
+    saved_study(tmp_path, "killed", "running")
+    with StudyLock(folder, "alive"):
+        assert main(["ls", "--root", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "no driver" not in rows["alive"] and "running" in rows["alive"]
+    assert "running (no driver: resume it)" in rows["killed"]
+
+
 def test_resume_of_a_completed_study_changes_nothing(tmp_path, capsys):
     folder = saved_study(tmp_path, "done", "completed")
     before = (folder / "study.json").read_text()
