@@ -70,6 +70,7 @@ def tracking_defaults() -> None:
     # MLflow prints a "View run at <server URL>" line per ended run: noise, and a URL that
     # would carry credentials if the tracking URI has them.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the summary's reads
 
 
 def init_ray(address: str | None, *, dashboard: bool = False) -> None:

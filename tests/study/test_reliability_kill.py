@@ -50,6 +50,9 @@ def kill_when(point: str, driver: Driver, name: str) -> Callable[[], bool]:
     def results() -> list[dict]:
         return live_results(Path(driver.temp), name)
 
+    def before_any_trial() -> bool:  # the parent run exists; Ray is starting, Tune saved nothing
+        return "Ray: local" in driver.output()
+
     def before_first_report() -> bool:  # a trial's run exists, its worker is still starting
         return trial_run_count(db) >= 1 and not results()
 
@@ -71,7 +74,8 @@ def kill_when(point: str, driver: Driver, name: str) -> Callable[[], bool]:
         return (len(ended) >= 1 and len(done) == EPOCHS * len(ended)
                 and trial_run_count(db) == len(ended) + 1)
 
-    return {"before_first_report": before_first_report, "mid_trial": mid_trial,
+    return {"before_any_trial": before_any_trial, "before_first_report": before_first_report,
+            "mid_trial": mid_trial,
             "between_trials": between_trials,
             "second_trial_reported": second_trial_reported}[point]
 
@@ -80,7 +84,8 @@ def resume(name: str, root: Path) -> int:
     return main(["resume", name, "--root", str(root), "--no-report"])
 
 
-@pytest.mark.parametrize("point", ["before_first_report", "mid_trial", "between_trials"])
+@pytest.mark.parametrize("point", ["before_any_trial", "before_first_report", "mid_trial",
+                                   "between_trials"])
 def test_sigkill_then_resume_gives_the_uninterrupted_study(point, tmp_path, local_ray,
                                                            uninterrupted, capfd):
     name = point.replace("_", "-")
