@@ -291,7 +291,9 @@ def main() -> None:
         "threads": threads,
         "trial_worker_nice": clock.results[-1]["nice"],
         "bare_nice": RAY_WORKER_NICENESS,
-        "config": "demo preset, width 0.5, batch 128, glyphs 100 classes x 20 (2000 images)",
+        "config": (f"demo preset, width {flat['width']}, batch {flat['batch_size']}, glyphs "
+                   f"{flat['num_source_classes']} classes x {flat['source_train_per_class']} "
+                   f"({flat['num_source_classes'] * flat['source_train_per_class']} images)"),
         "epochs": epochs,
         "trial_epoch_s_median": round(statistics.median(trial["wall_s"]), 3),
         "trial_epoch_s": [round(t, 3) for t in trial["wall_s"]],
