@@ -119,8 +119,12 @@ def run_study(cfg: StudyConfig, *, address: str | None = None, report: bool = Tr
     folder = write_study_files(cfg, state)
     with StudyLock(folder, cfg.name):
         say(header(cfg, data.manifest, folder, state, address, dashboard))
-        init_ray(address, dashboard=dashboard)
-        return execute(build_tuner(cfg, state), state, folder, report)
+        try:
+            init_ray(address, dashboard=dashboard)  # seconds, before our handler is in place
+            tuner = build_tuner(cfg, state)
+        except KeyboardInterrupt:
+            return stopped(state, folder, "interrupted")
+        return execute(tuner, state, folder, report)
 
 
 def resume_study(name: str, root: str, *, address: str | None = None, report: bool = True,
@@ -147,8 +151,11 @@ def resume_study(name: str, root: str, *, address: str | None = None, report: bo
         mark_parent(state, "running")
         state.status, state.stop_reason = "running", None
         state.save(folder)
-        init_ray(address, dashboard=dashboard)
-        tuner = restore_tuner(cfg, state) if restorable else build_tuner(cfg, state)
+        try:
+            init_ray(address, dashboard=dashboard)
+            tuner = restore_tuner(cfg, state) if restorable else build_tuner(cfg, state)
+        except KeyboardInterrupt:
+            return stopped(state, folder, "interrupted")
         return execute(tuner, state, folder, report)
 
 
