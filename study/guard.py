@@ -38,6 +38,15 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def without_credentials(uri: str) -> str:
+    """`uri` without its user:password@ part (urllib cannot open a URL that has one)."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def redact_text(text: str, uri: str) -> str:
     """`text` with the credentials of `uri` (and any user:password@ part) masked."""
     parts = urlsplit(uri)

@@ -17,7 +17,7 @@ from typing import Any
 
 from analysis.errors import InputError
 from study.config import StudyConfig
-from study.guard import redact, redact_text
+from study.guard import redact, redact_text, without_credentials
 from study.presets import dump_config
 from study.space import fixed_values, optuna_space
 from study.tracking import (
@@ -126,8 +126,8 @@ def check_tracking(uri: str) -> None:
     """The store must answer before anything starts: one clear line (credentials masked)."""
     from analysis.runs import check_tracking_uri
 
-    try:
-        check_tracking_uri(uri)
+    try:  # the probe needs no credentials, and urllib cannot send those in a URL
+        check_tracking_uri(without_credentials(uri))
     except InputError as exc:
         raise InputError(redact_text(str(exc), uri)) from None
 

@@ -20,9 +20,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from study.cli import main
-from study.driver import run_study
+from study.driver import header, run_study
+from study.run import prepare_data, start_tracking
 from tests.study.reliability import audit, kill_study, live_results, study_runs, this_session
 
 pytestmark = pytest.mark.slow
@@ -125,6 +127,19 @@ def test_unreachable_store_is_one_clear_error_before_anything_starts(tmp_path, c
     assert err.startswith("nctune: error: tracking URI") and len(err.strip().splitlines()) == 1
     assert "s3cret" not in err and "alice" not in err
     assert not (tmp_path / "studies").exists() and not (tmp_path / "ray").exists()
+
+
+def test_credentials_in_the_uri_work_and_are_never_printed_or_logged(tmp_path, mlflow_server):
+    """A URI with user:password@ (MLflow sends it as basic auth; this server ignores it)."""
+    uri = f"http://alice:s3cret@127.0.0.1:{mlflow_server}"
+    cfg, _ = kill_study(tmp_path, "creds", tracking={"uri": uri})
+    data, banks = prepare_data(cfg)
+    state = start_tracking(cfg, data, banks)  # the start check passes with credentials
+    client = MlflowClient(uri)
+    logged = Path(client.download_artifacts(state.parent_run_id, "config.yaml", str(tmp_path)))
+    assert "s3cret" not in logged.read_text() and "uri: http://***@127.0.0.1" in logged.read_text()
+    text = header(cfg, data.manifest, tmp_path, state)
+    assert "s3cret" not in text and "alice" not in text and "***@127.0.0.1" in text
 
 
 def test_store_blink_is_retried_and_an_outage_stops_the_study_resumably(
