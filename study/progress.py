@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from study.tracking import trial_error
+
 
 class ProgressPrinter(Callback):
     """What a user watching the terminal needs: counts, each running trial's epoch, the best."""
@@ -41,6 +43,12 @@ class ProgressPrinter(Callback):
             self.labels[trial.trial_id] = f"t{len(self.labels) + 1:03d}"
         return self.labels[trial.trial_id]
 
+    def setup(self, stop: Any = None, num_samples: int | None = None,
+              total_num_samples: int | None = None, **info: Any) -> None:
+        # Called when Tuner.fit starts, also after a resume (this object was unpickled then).
+        self.start = time.monotonic()
+        self.last_print = 0.0
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.label(trial)
         self.epochs.setdefault(trial.trial_id, (0, int(trial.config.get("epochs", 0))))
@@ -52,8 +60,11 @@ class ProgressPrinter(Callback):
         value = result.get(self.metric)
         if isinstance(value, int | float) and not isinstance(value, bool):
             self.latest[trial.trial_id] = (self.label(trial), float(value))
-        if result.get("trial_status") == "diverged":
-            self.ended[trial.trial_id] = "diverged"
+        status = result.get("trial_status")
+        if status in ("diverged", "failed"):
+            self.ended[trial.trial_id] = str(status)
+        if status == "failed":
+            self.write(f"  {self.label(trial)} failed: {last_line(result.get('error'))}")
         self.maybe_print(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -62,9 +73,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended[trial.trial_id] = "failed"
-        error = trial.get_error()
-        last = str(error).strip().splitlines()[-1] if error else "unknown error"
-        self.write(f"  {self.label(trial)} failed: {last[:200]}")
+        self.write(f"  {self.label(trial)} failed: {last_line(trial_error(trial))}")
         self.maybe_print(trials, force=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -79,9 +88,13 @@ class ProgressPrinter(Callback):
     def line(self, trials: list) -> str:
         running = [t for t in trials if t.status == "RUNNING" and t.trial_id not in self.ended]
         pending = sum(1 for t in trials if t.status == "PENDING")
-        counts = {s: sum(1 for v in self.ended.values() if v == s)
+        # After a resume, trials that ended before it are known only by their Tune status.
+        ended = {t.trial_id: ("failed" if t.status == "ERROR" else "done") for t in trials
+                 if t.status in ("TERMINATED", "ERROR")}
+        ended.update(self.ended)
+        counts = {s: sum(1 for v in ended.values() if v == s)
                   for s in ("done", "failed", "diverged")}
-        finished = len(self.ended)
+        finished = len(ended)
         shown = ", ".join(
             f"{self.label(t)} ep {self.epochs.get(t.trial_id, (0, 0))[0]}/"
             f"{self.epochs.get(t.trial_id, (0, 0))[1]}" for t in running[:4]
@@ -105,3 +118,9 @@ class ProgressPrinter(Callback):
 
     def write(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
+
+
+def last_line(text: object) -> str:
+    """The line of an error trace that says what went wrong (its last), shortened."""
+    lines = str(text or "").strip().splitlines()
+    return lines[-1][:200] if lines else "unknown error"

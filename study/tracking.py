@@ -101,13 +101,21 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
 
 
 def run_name(index: int, config: dict[str, Any], searched: list[str]) -> str:
-    """`t007 wd=3e-04 ls=0.1 w=2`: the index and what differs between trials."""
+    """`t007 wd=3e-4 ls=0.1 w=2`: the index and what differs between trials."""
     parts = [f"t{index:03d}"]
     for key in searched:
         value = config.get(key)
-        text = f"{value:.2g}" if isinstance(value, float) else str(value)
+        text = short_number(value) if isinstance(value, float) else str(value)
         parts.append(f"{RUN_NAME_ALIASES.get(key, key)}={text}")
     return " ".join(parts)
+
+
+def short_number(value: float) -> str:
+    """Two significant digits, short: 0.00031 -> 3.1e-4, 0.12 -> 0.12, 2.0 -> 2, 25000 -> 2.5e4."""
+    if value == 0 or 1e-2 <= abs(value) < 1e4:
+        return f"{value:.2g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def flat_params(config: dict[str, Any]) -> list[Param]:
@@ -129,8 +137,8 @@ def finite_metrics(result: dict[str, Any], step: int) -> list[Metric]:
 def end_status(trial: Any) -> str:
     """How a trial that ended without an error ended: diverged, completed or stopped early."""
     last = trial.last_result or {}
-    if last.get("trial_status") == "diverged":
-        return "diverged"
+    if last.get("trial_status") in ("diverged", "failed"):
+        return str(last["trial_status"])
     done = int(last.get("epoch", 0))
     return "completed" if done >= int(trial.config.get("epochs", 0)) else "stopped"
 
@@ -213,7 +221,8 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         status = self.status.get(trial.trial_id) or end_status(trial)
-        self._guard(lambda: self._finish(trial.trial_id, status))
+        error = (trial.last_result or {}).get("error") if status == "failed" else None
+        self._guard(lambda: self._finish(trial.trial_id, status, error=error))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         text = trial_error(trial) or "unknown error"
@@ -277,8 +286,8 @@ class MLflowTrialLogger(Callback):
         tid = trial.trial_id
         if tid not in self.runs:
             return
-        if result.get("trial_status") == "diverged":
-            self.status[tid] = "diverged"
+        if result.get("trial_status") in ("diverged", "failed"):
+            self.status[tid] = str(result["trial_status"])
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._logged_step(tid):
             return  # logged before a restart or a retry: never duplicate a step
@@ -311,7 +320,8 @@ def log_study_start(client: MlflowClient, experiment_id: str, study: str, descri
     run = client.create_run(experiment_id, run_name=study,
                             tags={"nctune.study": study, "nctune.role": "study",
                                   "nctune.status": "running",
-                                  "mlflow.note.content": description, **tags})
+                                  "mlflow.note.content": description,
+                                  "nctune.question": description, **tags})
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     for name, text in artifacts.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,20 @@ from trainables.optim import build_optimizer, build_scheduler
 
 
 def pretrain(config: dict[str, Any]) -> None:
-    """Ray Tune entry point: `config` is the flat trial config (TrialConfig.flat())."""
+    """Ray Tune entry point: `config` is the flat trial config (TrialConfig.flat()).
+
+    Bad input for this trial's config (an InputError: more classes or images than the data
+    set has, an episode larger than a class, ...) fails the trial once, with a `failed` report
+    that carries the trace; retrying cannot help. Anything else raises, and Ray retries the
+    trial from its last checkpoint up to `search.max_failures` times (a lost worker, OOM).
+    """
+    try:
+        run_trial(config)
+    except InputError:
+        tune.report({"trial_status": "failed", "error": traceback.format_exc()})
+
+
+def run_trial(config: dict[str, Any]) -> None:
     cfg = TrialConfig.from_flat(config)
     resources = trial_resources()
     share = None if resources is None else float(resources.get("GPU", 0.0))

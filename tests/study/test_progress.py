@@ -12,7 +12,7 @@ METRIC = "fewshot/5w5s/ncc/acc"
 
 def trial(tid: str, status: str = "RUNNING", epochs: int = 4) -> SimpleNamespace:
     return SimpleNamespace(trial_id=tid, status=status, config={"epochs": epochs},
-                           get_error=lambda: None)
+                           get_error=lambda: None, error_file=None)
 
 
 def test_best_is_each_trials_latest_value_like_the_final_summary():

@@ -120,7 +120,7 @@ def test_exceptions_fail_only_their_trials_and_a_corrupt_cache_file_is_rebuilt(t
              "queries": {"type": "categorical", "values": [3, 500]}}
     cfg = tiny_study(tmp_path, name="failing", space=space,
                      dataset={"num_source_classes": 6, "split_seed": 11},
-                     search={"sampler": "grid", "num_samples": None, "max_failures": 0})
+                     search={"sampler": "grid", "num_samples": None, "max_failures": 2})
     good = cfg.dataset.model_copy(update={"num_source_classes": 8})
     corrupted = corrupt_cached_split(good)
     meta_hash = file_sha256(corrupted)
@@ -139,6 +139,8 @@ def test_exceptions_fail_only_their_trials_and_a_corrupt_cache_file_is_rebuilt(t
         text = client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
         trace = Path(text).read_text()
         assert fragment in trace and 'File "' in trace and "\x1b[" not in trace
+        # Bad input fails once: retrying (max_failures 2) could not help, so it is not retried.
+        assert trace.count("Traceback (most recent call last)") == 1
     # The trial detected the flipped bytes by their hash and rebuilt the entry.
     assert file_sha256(corrupted) != meta_hash
     meta = (corrupted.parent / "meta.json").read_text()
