@@ -94,7 +94,10 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
     # macOS and Windows, every one of them binds 127.0.0.1 (ray/_private/services.py).
     single_node, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     try:
-        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
+        # address="local": a new Ray of our own; without it ray.init joins whatever cluster
+        # `ray start` last recorded in /tmp/ray, which the user did not ask for.
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 log_to_driver=False,
                  configure_logging=True, logging_level=logging.WARNING)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = single_node
@@ -180,9 +183,10 @@ def execute(tuner: Any, state: StudyState, folder: Path, report: bool) -> StudyS
     if results.num_terminated + results.num_errors < state.num_samples:
         return stopped(state, folder, "interrupted" if stop.received else "incomplete")
     end(state, folder, "completed", None)
-    summarize(state)
+    best = summarize(state)
     if report:
-        write_report(state, folder)
+        write_report(state, folder, best)
+    say_next(state, folder)
     return state
 
 
@@ -277,7 +281,8 @@ def header(cfg: StudyConfig, manifest: dict[str, Any], folder: Path, state: Stud
     ])
 
 
-def summarize(state: StudyState) -> None:
+def summarize(state: StudyState) -> tuple[str, float] | None:
+    """Print the trials table and the best trial (returned)."""
     from mlflow.exceptions import MlflowException
 
     from analysis.runs import load_study
@@ -287,33 +292,56 @@ def summarize(state: StudyState) -> None:
         study = load_study(state.name, state.tracking_uri, state.experiment)
     except (InputError, MlflowException) as exc:
         say(f"  (no summary: {redact_text(str(exc), state.tracking_uri)})")
-        return
+        return None
     say("\n" + trials_table(study, state.metric))
     best = best_trial(study, state.metric, state.mode)
     if best:
         say(f"\nBest: {best[0]} with {state.metric} = {best[1]:.4f}")
     for problem in study.problems:
         say(f"  note: {problem}")
+    return best
+
+
+def say_next(state: StudyState, folder: Path) -> None:
+    root = folder.parent.parent
+    opt = "" if root == Path(DEFAULT_ROOT).resolve() else f" --root {shlex.quote(str(root))}"
     say("\nNext:")
-    say(f"  nctune show {state.name}          # this table again")
-    say(f"  nctune analyze {state.name}       # does collapse predict transfer? (HTML report)")
-    if state.tracking_uri.startswith(("http://", "https://")):
-        say(f"  MLflow UI: {redact(state.tracking_uri)}")
+    say(f"  nctune show {state.name}{opt}        # this table again")
+    if (folder / "report" / "report.html").exists():
+        say(f"  open {folder / 'report' / 'report.html'}   # does collapse predict transfer?")
     else:
-        say(f"  mlflow ui --backend-store-uri {redact(state.tracking_uri)} --host 127.0.0.1")
+        say(f"  nctune analyze {state.name}   # does collapse predict transfer? (HTML report)")
+    say(f"  nctune ui {state.name}{opt}          # compare the trials in the MLflow UI")
 
 
-def write_report(state: StudyState, folder: Path) -> None:
+def write_report(state: StudyState, folder: Path, best: tuple[str, float] | None) -> None:
+    """The analysis report; its first verdict line and the best trial become the headline in
+    the parent run's description (what the MLflow UI shows first)."""
+    from mlflow.exceptions import MlflowException
+
+    from analysis.report import analyze
+
     try:
-        from analysis.report import write_report as _write
-    except ImportError:  # pragma: no cover - the analysis package ships with nctune
+        report = analyze(state.name, state.tracking_uri, folder / "report",
+                         experiment=state.experiment)
+    except (InputError, MlflowException) as exc:
+        say(f"  no report: {redact_text(str(exc), state.tracking_uri)}")
         return
-    try:
-        path = _write(state.name, state.tracking_uri, folder / "report", fmt="html",
-                      experiment=state.experiment)
-        say(f"  report: {path}")
-    except InputError as exc:
-        say(f"  no report: {exc}")
+    say(f"\n{report.verdict[0]}" if report.verdict else "")
+    say(f"Report: {report.path}")
+    headline = [f"Best: {best[0]} with {state.metric} = {best[1]:.4f}."] if best else []
+    set_headline(state, headline + report.verdict[:1])
+
+
+def set_headline(state: StudyState, lines: list[str]) -> None:
+    """Parent run description = the study's question + its result, in Markdown."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(state.tracking_uri)
+    run = client.get_run(state.parent_run_id)
+    question = run.data.tags.get("nctune.question", run.data.tags.get("mlflow.note.content", ""))
+    text = question + ("\n\n**Result.** " + " ".join(lines) if lines else "")
+    client.set_tag(state.parent_run_id, "mlflow.note.content", text)
 
 
 def known_studies(root: str) -> list[str]:

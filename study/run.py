@@ -160,7 +160,7 @@ def start_tracking(cfg: StudyConfig, data: DataSplits, bank_hashes: dict[str, st
               "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric,
               "mode": cfg.search.mode, "search_seed": cfg.search.seed,
               "searched": ",".join(cfg.searched()), "dataset": cfg.dataset.name,
-              "backbone": cfg.backbone.name, "data_hash": data.manifest.get("hash", ""),
+              "backbone": cfg.backbone.name, "data_hash": data.manifest.get("content_hash", ""),
               **{f"episode_bank/{s}": h for s, h in bank_hashes.items()}}
     artifacts = {"config.yaml": redact_text(dump_config(cfg), uri),
                  "space.json": dump_json({k: v.model_dump() for k, v in cfg.space.items()}),
