@@ -51,6 +51,9 @@ class SearchConfig(_Section):
     seed: int = 0
     asha: AshaConfig | None = None
     max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died
+    # A new trial reuses a finished trial's worker process (saves importing torch and timm);
+    # off, every trial gets a fresh worker, which also spreads short trials over nodes.
+    reuse_actors: bool = True
 
 
 class ResourcesConfig(_Section):
@@ -106,6 +109,11 @@ class StudyConfig(_Section):
             raise ValueError(
                 f"search.metric: no trial reports '{self.search.metric}'; the evaluation "
                 f"section produces e.g. {', '.join(sorted(m for m in produced if '/acc' in m))}"
+            )
+        if self.training.device == "cuda" and self.resources.gpus_per_trial == 0:
+            raise ValueError(
+                "training.device: 'cuda' but resources.gpus_per_trial is 0: Ray would not count "
+                "the GPU the trials use; ask for a share (e.g. 0.25) or use device 'auto'"
             )
         if self.search.asha is not None and self.evaluation.eval_every != 1:
             raise ValueError(

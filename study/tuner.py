@@ -101,7 +101,7 @@ def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
         search_alg=search, scheduler=scheduler, num_samples=cfg.num_samples,
         max_concurrent_trials=cfg.search.max_concurrent, trial_dirname_creator=trial_dirname,
         # A new trial reuses a finished trial's worker: importing torch + timm costs seconds.
-        reuse_actors=True,
+        reuse_actors=cfg.search.reuse_actors,
     )
     run_config = tune.RunConfig(
         name=cfg.name, storage_path=state.ray_path, callbacks=callbacks(cfg, state),

@@ -188,19 +188,17 @@ def cluster_env(token: str) -> dict[str, str]:
 def study_file(folder: Path) -> Path:
     """Four trials, two at a time, one CPU each: one per node at any moment.
 
-    Each trial lasts seconds on purpose. The study reuses trial actors (tuner.py), and Tune hands
-    a finished trial's actor to a pending trial even when that trial's own actor is still
-    starting on the other node, and drops the starting one: sub-second trials all run in
-    whichever actor came up first (seen here: four 1.3 s trials, one actor, one node). A trial
-    longer than the lag between the two actors' start-up (measured 1.3 s; both import torch at
-    once) keeps the second node's first trial there: these last 6-9 s on a busy 2-core machine.
+    Trial workers are not reused (search.reuse_actors false): with reuse, Tune hands a finished
+    trial's worker to a pending trial even while that trial's own worker is starting on the
+    other node, so short trials could all run on whichever node came up first. Without it each
+    trial gets its own worker, and two concurrent 1-CPU trials can only fit one per node.
     """
     tiny: dict[str, Any] = TINY
     data = {**tiny, "name": "twonodes", "storage": {"root": str(folder / "runs")},
             "dataset": {**tiny["dataset"], "num_source_classes": 16, "source_train_per_class": 30},
-            "training": {**tiny["training"], "device": "cpu", "epochs": 8},
-            "evaluation": {**tiny["evaluation"], "eval_every": 4},
-            "search": {**tiny["search"], "num_samples": 4, "max_concurrent": 2},
+            "training": {**tiny["training"], "device": "cpu", "epochs": 2},
+            "search": {**tiny["search"], "num_samples": 4, "max_concurrent": 2,
+                       "reuse_actors": False},
             "resources": {"cpus_per_trial": 1}}
     path = folder / "twonodes.yaml"
     path.write_text(yaml.safe_dump(data))
