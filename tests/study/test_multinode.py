@@ -240,7 +240,7 @@ def test_study_places_trials_on_both_nodes_and_logs_from_the_driver(tmp_path):
     assert len(results) == 4, sorted(results)
     placement = {}
     for trial, reports in results.items():
-        assert [r["epoch"] for r in reports] == list(range(1, 9)), trial
+        assert [r["epoch"] for r in reports] == [1, 2], trial
         ids = {r["node_id"] for r in reports}
         assert len(ids) == 1, (trial, ids)  # no failure moved it
         placement[trial] = nodes[ids.pop()]
@@ -262,4 +262,4 @@ def test_study_places_trials_on_both_nodes_and_logs_from_the_driver(tmp_path):
         assert run.info.status == "FINISHED" and run.data.tags["nctune.status"] == "completed"
         assert "node_id" not in run.data.metrics
         history = client.get_metric_history(run.info.run_id, "fewshot/5w1s/ncc/acc")
-        assert sorted(m.step for m in history) == [4, 8]
+        assert sorted(m.step for m in history) == [1, 2]
