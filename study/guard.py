@@ -16,9 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 from filelock import FileLock, Timeout
 
 from analysis.errors import InputError
+from study.config import NAME_PATTERN, NAME_RULE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # = study.config.NAME_PATTERN
-NAME_RULE = "1-64 characters from letters, digits, '_', '.', '-', starting with a letter or digit"
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 def check_study_name(name: str) -> str:
