@@ -166,7 +166,10 @@ def main() -> None:
         "outer_product_scatter_s": round(outer_s, 3),
         "speedup_vs_outer_product_reference": round(ref_outer_total / best["total_s"], 1),
         "under_5s": best["total_s"] < 5.0,
+        # against the per-class GEMM loop (the bound above applies) and against the released
+        # notebook's per-sample outer products
         "at_least_50x": ref["total_s"] / best["total_s"] >= 50.0,
+        "at_least_50x_vs_outer_product_reference": ref_outer_total / best["total_s"] >= 50.0,
         "cdnv": best["cdnv"], "nc1": best["nc1"],
         "cdnv_max_rel_diff_on_timed_pairs": cdnv_diff,
         "nc1_rel_diff": nc1_diff,
