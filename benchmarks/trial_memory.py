@@ -185,17 +185,10 @@ def anonymous_bytes(pid: int) -> int:
 
 
 def start_ray() -> str:
-    """The product's local Ray (`study.driver.init_ray`), unless `ray.init()` without an address
-    would join a `ray start` cluster recorded in /tmp/ray (perhaps another developer's): then a
-    new local instance. Says which."""
-    from ray._private.services import find_bootstrap_address
-
+    """The product's local Ray (`study.driver.init_ray`: 127.0.0.1, never a recorded cluster)."""
     os.environ.pop("RAY_ADDRESS", None)
-    if find_bootstrap_address(None) is None:
-        init_ray(None)
-        return "study.driver.init_ray"
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    return "ray.init(address='local'): a 'ray start' cluster is recorded in /tmp/ray"
+    init_ray(None)
+    return "study.driver.init_ray"
 
 
 def measure(cfg: StudyConfig, cache: str) -> dict[str, Any]:
