@@ -214,6 +214,8 @@ def _space(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
     import json
     import tempfile
 
+    # A progress bar for one small file is noise in `nctune show` / `ls` / `analyze`.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         if "space.json" not in {f.path for f in client.list_artifacts(run_id)}:
             return {}
