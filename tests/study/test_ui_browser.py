@@ -239,6 +239,7 @@ def test_parent_run_has_the_description_and_the_report_as_artifacts(driver, ui, 
         driver.get(ui.url("parent run"))
         wait(driver, "the study's description", lambda d: DESCRIPTION in page_text(d))
         text = page_text(driver)
+        assert "Result. Best: t00" in text, "the headline result under the study's question"
         for name in study["trials"]:  # "Child runs" in About this run
             assert name in text, name
         close_assistant(driver)
