@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -39,15 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # `nctune show demo | head`: a closed pipe ends the output quietly, as it does for ls or cat.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except InputError as exc:
         print(f"nctune: error: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nctune: interrupted", file=sys.stderr)
         return 130
+
+
+def quiet_broken_pipe() -> int:
+    """`nctune show demo | head`: the reader left; end quietly as ls or cat do (exit 128+13).
+
+    SIGPIPE stays ignored (Python's default): with it restored, a write to a dropped socket, say
+    to a tracking server that restarts mid-study, would kill the driver without a word.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    return 128 + signal.SIGPIPE
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,24 @@ def test_exit_code_from_the_console_script(tmp_path):
     assert proc.returncode == 2
     assert "training.lr" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_closed_pipe_ends_the_output_quietly():
+    """`nctune presets | head -1`: no BrokenPipeError traceback, the exit status ls would give."""
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "presets"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader leaves before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_cli_leaves_sigpipe_ignored_in_process():
+    """Restoring SIGPIPE's default would let one write to a dropped socket (a tracking server
+    restarting mid-study) kill the driver, or pytest, without a word."""
+    assert main(["presets"]) == 0
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
 
 
 @pytest.mark.parametrize("preset", list_presets())
