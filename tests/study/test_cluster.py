@@ -16,17 +16,19 @@ from ray.autoscaler._private.util import validate_config
 
 from analysis.errors import InputError
 from study.cluster import (
-    GPU_HINT,
     TrialResources,
-    check_cluster_config,
     check_presets_fit,
-    load_cluster_file,
     node_types,
+    read_preset_resources,
+    trials_per_node,
+)
+from study.cluster_schema import (
+    GPU_HINT,
+    check_cluster_config,
+    load_cluster_file,
     placeholders,
     prepare,
     ray_schema,
-    read_preset_resources,
-    trials_per_node,
 )
 
 REPO = Path(__file__).resolve().parents[2]
