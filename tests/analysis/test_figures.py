@@ -13,7 +13,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis.effects import hyperparameter_effects, per_value_table
-from analysis.figures import DPI, colours, effect_curves, log_axis, tick_label, trend
+from analysis.figures import effect_curves
+from analysis.plotting import DPI, colours, log_axis, tick_label, trend
 from analysis.runs import StudyRuns, load_study
 from tests.analysis.conftest import loguniform, synth_trial, write_study
 
