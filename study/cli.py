@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:
+        if not stdout_closed():
+            raise  # a dropped socket, not the reader of our output: that must not pass quietly
         return quiet_broken_pipe()
     except InputError as exc:
         print(f"nctune: error: {exc}", file=sys.stderr)
@@ -60,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nctune: interrupted", file=sys.stderr)
         return 130
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor (captured output), or not pollable
+        return False
 
 
 def quiet_broken_pipe() -> int:

@@ -86,6 +86,19 @@ def test_a_closed_pipe_ends_the_output_quietly():
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+def test_a_broken_pipe_elsewhere_is_not_mistaken_for_a_closed_output(monkeypatch):
+    """A socket dropped under a command (say a tracking server) surfaces; only a gone reader of
+    stdout ends quietly."""
+    import study.commands
+
+    def drop(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(study.commands, "cmd_presets", drop)
+    with pytest.raises(BrokenPipeError):
+        main(["presets"])
+
+
 def test_the_cli_leaves_sigpipe_ignored_in_process():
     """Restoring SIGPIPE's default would let one write to a dropped socket (a tracking server
     restarting mid-study) kill the driver, or pytest, without a word."""
