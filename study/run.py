@@ -52,8 +52,12 @@ class StudyState:
     stop_reason: str | None = None  # interrupted, tracking, incomplete, error (when stopped/failed)
 
     def save(self, folder: Path) -> None:
+        """Atomically, readable by its owner only: the tracking URI may carry credentials."""
         tmp = folder / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover tmp file would keep its old mode through O_CREAT
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(self), indent=2))
         os.replace(tmp, folder / STATE_FILE)
 
     @classmethod

@@ -90,6 +90,22 @@ def test_credentials_are_masked_wherever_a_uri_is_printed(tmp_path, capsys):
     assert "uri: postgresql://***@db.example:5432/mlflow" in out and "hunter2" not in out
 
 
+def test_study_state_is_readable_by_its_owner_only(tmp_path):
+    """study.json keeps the tracking URI as given, credentials included, for `resume`."""
+    folder = tmp_path / "studies" / "secret"
+    folder.mkdir(parents=True)
+    (folder / "study.json.tmp").write_text("left over")
+    (folder / "study.json.tmp").chmod(0o644)
+    state = StudyState(name="secret", status="running", tracking_uri=SECRET_URI,
+                       experiment="nctune", experiment_id="0", parent_run_id="x",
+                       ray_path=str(tmp_path / "ray"), created="2026-01-01T00:00:00",
+                       num_samples=2, metric="source/test_acc", mode="max")
+    state.save(folder)
+    assert (folder / "study.json").stat().st_mode & 0o777 == 0o600
+    assert not (folder / "study.json.tmp").exists()
+    assert StudyState.load(folder) == state
+
+
 class Payload:
     """A pickle that runs code when loaded: what a tampered checkpoint would carry."""
 
