@@ -70,8 +70,9 @@ def stdout_closed() -> bool:
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(event & select.POLLERR for _, event in poller.poll(0))
-    except (OSError, ValueError):  # no file descriptor (captured output), or not pollable
+        gone = select.POLLERR | select.POLLHUP  # Linux reports POLLERR; other kernels may hang up
+        return any(event & gone for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # captured output, not pollable, no poll()
         return False
 
 
@@ -83,6 +84,7 @@ def quiet_broken_pipe() -> int:
     """
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    os.close(devnull)
     return 128 + signal.SIGPIPE
 
 
