@@ -1,6 +1,7 @@
 """CDNV + NC1 at scale: C=1000 classes, N=100,000 samples, d=512, against a loop reference.
 
-Claim: analysis.collapse computes CDNV and NC1 for this size in under 5 s on a 2-core CPU and
+Claim: analysis.measure.collapse computes CDNV and NC1 for this size in under 5 s on a 2-core CPU
+and
 at least 50x faster than the straightforward reference that public neural-collapse code
 follows: a Python loop over classes for the statistics (means, variances and the within-class
 scatter, in float64 like ours) and a Python loop over class pairs for CDNV. The pair loop is
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from analysis.collapse import ClassStatsAccumulator, cdnv, nc1
+from analysis.measure.collapse import ClassStatsAccumulator, cdnv, nc1
 
 
 def make_features(c: int, n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,7 +48,12 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from analysis.fewshot import EpisodeBank, evaluate_episodes, predict_episodes, sample_episodes
+from analysis.measure.fewshot import (
+    EpisodeBank,
+    evaluate_episodes,
+    predict_episodes,
+    sample_episodes,
+)
 
 T = TypeVar("T")
 

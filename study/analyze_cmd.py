@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from analysis.report import analyze
+    from analysis.crosstrial.report import analyze
 
     report = analyze(args.name, args.tracking_uri, args.out, fmt=args.format,
                      experiment=args.experiment)

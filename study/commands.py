@@ -108,7 +108,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def best_of(name: str, state: dict) -> str:
-    from analysis.runs import load_study
+    from analysis.crosstrial.runs import load_study
     from study.summary import best_trial
 
     try:
@@ -120,7 +120,7 @@ def best_of(name: str, state: dict) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from analysis.runs import load_study
+    from analysis.crosstrial.runs import load_study
     from study.driver import known_studies
     from study.guard import check_study_name
     from study.summary import best_trial, trials_table

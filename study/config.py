@@ -202,7 +202,7 @@ SHAPE_RE = re.compile(r"^(\d+)w(\d+)s$")
 
 
 def check_evaluation(ev: EvaluationConfig) -> None:
-    from analysis.fewshot import list_classifiers
+    from analysis.measure.fewshot import list_classifiers
 
     for shape in ev.shapes:
         m = SHAPE_RE.match(shape)

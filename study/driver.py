@@ -285,7 +285,7 @@ def summarize(state: StudyState) -> tuple[str, float] | None:
     """Print the trials table and the best trial (returned)."""
     from mlflow.exceptions import MlflowException
 
-    from analysis.runs import load_study
+    from analysis.crosstrial.runs import load_study
     from study.summary import best_trial, trials_table
 
     try:
@@ -319,7 +319,7 @@ def write_report(state: StudyState, folder: Path, best: tuple[str, float] | None
     the parent run's description (what the MLflow UI shows first)."""
     from mlflow.exceptions import MlflowException
 
-    from analysis.report import analyze
+    from analysis.crosstrial.report import analyze
 
     try:
         report = analyze(state.name, state.tracking_uri, folder / "report",

@@ -128,7 +128,7 @@ def code_version() -> str:
 
 def check_tracking(uri: str) -> None:
     """The store must answer before anything starts: one clear line (credentials masked)."""
-    from analysis.runs import check_tracking_uri
+    from analysis.crosstrial.runs import check_tracking_uri
 
     try:  # the probe needs no credentials, and urllib cannot send those in a URL
         check_tracking_uri(without_credentials(uri))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from analysis.runs import StudyRuns
+from analysis.crosstrial.runs import StudyRuns
 
 SHOWN_METRICS = [
     ("source/test_acc", "src_acc"),

@@ -86,7 +86,7 @@ def find_target(name: str | None, root: str) -> Target:
 
 def check_store(uri: str) -> str:
     """The URI's scheme, once the store is one this command can open (and exists, if local)."""
-    from analysis.runs import check_tracking_uri
+    from analysis.crosstrial.runs import check_tracking_uri
     from study.driver import redact
 
     scheme = urllib.parse.urlparse(uri).scheme.lower().split("+")[0]

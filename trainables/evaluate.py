@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.collapse import collapse_metrics
-from analysis.collapse_stats import class_stats
-from analysis.fewshot import (
+from analysis.measure.collapse import collapse_metrics
+from analysis.measure.collapse_stats import class_stats
+from analysis.measure.fewshot import (
     EpisodeBank,
     evaluate_episodes,
     ncc_error_bound,

@@ -1,6 +1,7 @@
 """The report's HTML and Markdown: tables laid out for reading, rendered through the templates.
 
-`analysis.report` computes; this module only formats (estimates with their intervals, p-values,
+`analysis.crosstrial.report` computes; this module only
+formats (estimates with their intervals, p-values,
 column labels) and fills `templates/report.{html,md}.j2`. CSV files keep the raw columns.
 """
 
@@ -12,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import correlate as corr
-from analysis.correlate import format_ci
-from analysis.runs import StudyRuns
+from analysis.crosstrial import correlate as corr
+from analysis.crosstrial.correlate import format_ci
+from analysis.crosstrial.runs import StudyRuns
 
 HEADLINE_X = "cdnv/target"
 TEMPLATES = Path(__file__).parent / "templates"

@@ -2,10 +2,10 @@
 
 A classifier is two steps: `transform` maps the whole feature bank once (L2-normalise, centre),
 then `scores` rates every way for every query of a chunk of episodes from inner products alone
-(see `analysis.fewshot_kernels`), so no classifier loops over episodes.
+(see `analysis.measure.fewshot_kernels`), so no classifier loops over episodes.
 
 Registered here: the three nearest-class-centre (NCC) variants. The logistic probe ("logreg")
-registers itself in `analysis.fewshot_logreg`.
+registers itself in `analysis.measure.fewshot_logreg`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.errors import InputError
-from analysis.fewshot_kernels import GATHER_WEIGHT, Kernel
+from analysis.measure.fewshot_kernels import GATHER_WEIGHT, Kernel
 
 _REGISTRY: dict[str, Callable[[], FewShotClassifier]] = {}
 _T = TypeVar("_T", bound=Callable[[], "FewShotClassifier"])

@@ -12,7 +12,7 @@ with the intercept unpenalised: sklearn's objective. Two facts make it cheap:
    the row space of the m = n k support features. With K = X X^T = U diag(lam) U^T, the
    coordinates Z = U diag(sqrt(lam)) of the support (and K_qs U diag(1/sqrt(lam)) of the
    queries) in an orthonormal basis of that space give the same problem in r <= m dimensions,
-   built from inner products only (a Gram-matrix gather, `analysis.fewshot_kernels`).
+   built from inner products only (a Gram-matrix gather, `analysis.measure.fewshot_kernels`).
 2. The reduced problem has (r + 1) n parameters (130 for 5-way 5-shot): Newton's method with
    a backtracking line search converges in a few iterations. Each Newton system is solved by
    preconditioned conjugate gradients with Hessian-vector products (two small batched
@@ -24,7 +24,8 @@ sklearn fits the binary model for n = 2: one weight vector w = w_1 - w_2 with pe
 0.5 ||w||^2. The symmetric multinomial optimum has w_1 = -w_2 = w / 2, i.e. penalty
 0.25 ||w||^2, so for two ways the penalty is doubled to fit sklearn's model.
 
-Agreement with sklearn (tests/analysis/test_fewshot_logreg.py): the optimum is unique, so the
+Agreement with sklearn (tests/analysis/measure/test_fewshot_logreg.py):
+the optimum is unique, so the
 two differ only by solver tolerance (sklearn's lbfgs stops at tol=1e-4). Tolerance of the
 tests: predicted labels agree on at least 99% of queries overall and 90% in every episode
 (measured 99.87-99.97%; the residue are queries within sklearn's tolerance of a decision
@@ -40,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from analysis.fewshot_classifiers import FewShotClassifier, register_classifier
-from analysis.fewshot_kernels import GATHER_WEIGHT, Kernel
+from analysis.measure.fewshot_classifiers import FewShotClassifier, register_classifier
+from analysis.measure.fewshot_kernels import GATHER_WEIGHT, Kernel
 
 _MAX_NEWTON = 100
 _GRAD_TOL = 1e-9  # on the largest gradient entry; the loss sums m = n k terms of order 1

@@ -1,4 +1,4 @@
-"""analysis.effects: planted hyperparameter effects and importances, through real stores."""
+"""crosstrial.effects: planted hyperparameter effects and importances, through real stores."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.effects import (
+from analysis.crosstrial.effects import (
     create_evaluator,
     effect_params,
     few_values,
@@ -19,7 +19,7 @@ from analysis.effects import (
     log_scaled,
     per_value_table,
 )
-from analysis.runs import StudyRuns, load_study
+from analysis.crosstrial.runs import StudyRuns, load_study
 from tests.analysis.conftest import loguniform, synth_trial, write_study
 
 ACC = "fewshot/5w5s/ncc/acc"

@@ -8,8 +8,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
-from analysis.fewshot import evaluate_episodes, predict_episodes, sample_episodes
-from analysis.fewshot_logreg import fit_multinomial, reduce_to_span, sklearn_penalty
+from analysis.measure.fewshot import evaluate_episodes, predict_episodes, sample_episodes
+from analysis.measure.fewshot_logreg import fit_multinomial, reduce_to_span, sklearn_penalty
 
 
 def _clusters(num_classes: int, per_class: int, dim: int, noise: float, seed: int):

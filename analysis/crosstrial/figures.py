@@ -1,7 +1,8 @@
 """Figures of a study, saved as PNG and SVG.
 
 Conventions: CDNV on log axes, accuracy in percent, one colour per value of the hyperparameter
-that matters most (`color_by`). The drawing helpers they share live in `analysis.plotting`.
+that matters most (`color_by`). The drawing helpers they share live in
+`analysis.crosstrial.plotting`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from analysis.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS, comparable_cdnv
-from analysis.effects import effect_params, effect_targets, is_log_target, log_scaled
-from analysis.plotting import Colours, colours, log_axis, note, save_figure, tick_label, trend
-from analysis.runs import StudyRuns, describe
+from analysis.crosstrial.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS, comparable_cdnv
+from analysis.crosstrial.effects import effect_params, effect_targets, is_log_target, log_scaled
+from analysis.crosstrial.plotting import (
+    Colours,
+    colours,
+    log_axis,
+    note,
+    save_figure,
+    tick_label,
+    trend,
+)
+from analysis.crosstrial.runs import StudyRuns, describe
 
 EVALUATOR_NAME = {"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}
 SPLIT_TITLE = {"source_train": "source classes, train images",

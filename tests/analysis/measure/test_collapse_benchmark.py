@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "collapse_scaling.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "collapse_scaling.py"
 
 
 def test_benchmark_prints_one_json_line_whose_sides_agree():

@@ -1,4 +1,4 @@
-"""analysis.correlate: the weighted statistics against scipy, and planted relations found
+"""analysis.crosstrial.correlate: the weighted statistics against scipy, and planted relations found
 (or not) through real MLflow stores."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from analysis.correlate import (
+from analysis.crosstrial.correlate import (
     METHODS,
     Sample,
     cluster_weights,
@@ -21,7 +21,7 @@ from analysis.correlate import (
     generalization,
     within_trial_trends,
 )
-from analysis.runs import StudyRuns, load_study
+from analysis.crosstrial.runs import StudyRuns, load_study
 from tests.analysis.conftest import planted_study, synth_trial, write_study
 
 Y = "fewshot/5w5s/ncc/acc"

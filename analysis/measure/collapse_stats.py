@@ -3,7 +3,7 @@
 `ClassStatsAccumulator` takes feature batches (any device, any float dtype) and keeps, per class,
 the count, the mean and the sum of squared deviations from that mean, optionally the pooled
 within-class scatter matrix that NC1 needs. Its frozen result is a `ClassStats`; the metrics in
-`analysis.collapse` are pure functions of it (the split rhubarbwu/neural-collapse uses:
+`analysis.measure.collapse` are pure functions of it (the split rhubarbwu/neural-collapse uses:
 accumulators hold streaming state, measures are functions).
 
 Why hand-written: no library keeps exact per-class second moments streaming on torch tensors.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.collapse import (
+from analysis.errors import InputError
+from analysis.measure.collapse import (
     ClassStatsAccumulator,
     cdnv_directional,
     collapse_metrics,
@@ -13,8 +14,7 @@ from analysis.collapse import (
     nc3,
     nc4,
 )
-from analysis.collapse_stats import class_stats
-from analysis.errors import InputError
+from analysis.measure.collapse_stats import class_stats
 
 
 def data(n: int = 40, d: int = 5, c: int = 4):

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from analysis.collapse_stats import ClassStats, check_features_labels, upper_mask
 from analysis.errors import InputError
+from analysis.measure.collapse_stats import ClassStats, check_features_labels, upper_mask
 
 _F64 = torch.float64
 

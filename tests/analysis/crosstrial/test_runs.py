@@ -1,4 +1,4 @@
-"""analysis.runs: a study read back from real MLflow stores into tidy frames."""
+"""analysis.crosstrial.runs: a study read back from real MLflow stores into tidy frames."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.crosstrial.runs import check_tracking_uri, load_study, resolve_tracking_uri
 from analysis.errors import InputError
-from analysis.runs import check_tracking_uri, load_study, resolve_tracking_uri
 from tests.analysis.conftest import FakeTrial, synth_trial, write_study
 
 

@@ -1,4 +1,4 @@
-"""analysis.report and `nctune analyze`: the report end to end on synthetic MLflow stores."""
+"""crosstrial.report and `nctune analyze`: the report end to end on synthetic MLflow stores."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.crosstrial.report import Report, analyze, write_report
 from analysis.errors import InputError
-from analysis.report import Report, analyze, write_report
 from study.cli import main
 from tests.analysis.conftest import FakeTrial, loguniform, synth_trial, write_study
 

@@ -1,4 +1,4 @@
-"""analysis.figures: the effects figure's layout, views and axes, on studies from real stores."""
+"""crosstrial.figures: the effects figure's layout, views and axes, on studies from real stores."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from analysis.effects import hyperparameter_effects, per_value_table
-from analysis.figures import effect_curves
-from analysis.plotting import DPI, colours, log_axis, tick_label, trend
-from analysis.runs import StudyRuns, load_study
+from analysis.crosstrial.effects import hyperparameter_effects, per_value_table
+from analysis.crosstrial.figures import effect_curves
+from analysis.crosstrial.plotting import DPI, colours, log_axis, tick_label, trend
+from analysis.crosstrial.runs import StudyRuns, load_study
 from tests.analysis.conftest import loguniform, synth_trial, write_study
 
 ACC = "fewshot/5w5s/ncc/acc"

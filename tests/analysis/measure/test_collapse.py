@@ -10,17 +10,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.collapse import (
+from analysis.measure.collapse import (
     ClassStatsAccumulator,
     cdnv,
     cdnv_directional,
     collapse_metrics,
     pairwise_sq_distances,
 )
-from analysis.collapse_stats import class_stats
+from analysis.measure.collapse_stats import class_stats
 
 try:
-    from tests.analysis.collapse_refs import cdnv_pairs, class_moments, nc_refs
+    from tests.analysis.measure.collapse_refs import cdnv_pairs, class_moments, nc_refs
 except ImportError:  # tests/ without __init__.py files: pytest puts this folder on sys.path
     from collapse_refs import cdnv_pairs, class_moments, nc_refs  # type: ignore[no-redef]
 

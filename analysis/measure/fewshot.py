@@ -3,16 +3,17 @@
     bank = sample_episodes(target_labels, n_way=5, k_shot=5, q_query=15, episodes=600, seed=0)
     res = evaluate_episodes(target_features, bank, "ncc", center=source_train_mean)
     res.mean, res.ci95                      # -> fewshot/5w5s/ncc/acc, fewshot/5w5s/ncc/ci95
-    ncc_error_bound(cdnv_target, 5, 5)      # -> bound/5w5s
 
 Classifiers (`list_classifiers()`): "ncc" (nearest class centre on centred-then-L2 features,
 SimpleShot's CL2N; needs `center`), "ncc_l2", "ncc_raw", "logreg" (RFS's logistic probe).
 Episodes are evaluated in chunks sized to a fixed memory budget, from inner products only
-(`analysis.fewshot_kernels`); nothing loops over episodes in Python. A query whose top score is
+(`analysis.measure.fewshot_kernels`); nothing loops over episodes in Python.
+A query whose top score is
 shared by t ways, its own among them, counts 1/t (`episode_accuracy`).
 
-The bank is built by `analysis.fewshot_episodes`, classifiers live in
-`analysis.fewshot_classifiers` and `analysis.fewshot_logreg`; this module is the public face.
+The bank is built by `analysis.measure.fewshot_episodes`, classifiers live in
+`analysis.measure.fewshot_classifiers` and `analysis.measure.fewshot_logreg`;
+this module is the public face.
 """
 
 from __future__ import annotations
@@ -24,19 +25,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import analysis.fewshot_logreg  # noqa: F401  (registers "logreg")
+import analysis.measure.fewshot_logreg  # noqa: F401  (registers "logreg")
 from analysis.errors import InputError
-from analysis.fewshot_classifiers import (
+from analysis.measure.fewshot_classifiers import (
     FewShotClassifier,
     create_classifier,
     list_classifiers,
     register_classifier,
 )
-from analysis.fewshot_episodes import EpisodeBank, format_shape, parse_shape, sample_episodes
-from analysis.fewshot_kernels import make_kernel
+from analysis.measure.fewshot_episodes import (
+    EpisodeBank,
+    format_shape,
+    parse_shape,
+    sample_episodes,
+)
+from analysis.measure.fewshot_kernels import make_kernel
 
 __all__ = [
-    "BOUND_CONSTANT",
     "EpisodeBank",
     "FewShotClassifier",
     "FewShotResult",
@@ -45,16 +50,11 @@ __all__ = [
     "evaluate_episodes",
     "format_shape",
     "list_classifiers",
-    "ncc_error_bound",
     "parse_shape",
     "predict_episodes",
     "register_classifier",
     "sample_episodes",
 ]
-
-# The constant c in  E[NCC error] <= c (n - 1) (1 + 1/k) CDNV  (see ncc_error_bound).
-BOUND_CONSTANT = 8.0
-
 
 @dataclass(frozen=True, eq=False)
 class FewShotResult:
@@ -95,7 +95,7 @@ def evaluate_episodes(
             classifiers that do not centre.
         max_episodes: evaluate only the first this many episodes (all when None or larger).
         method: "gram" or "gather" forces how inner products are computed (tests, benchmarks);
-            None picks the cheaper (`analysis.fewshot_kernels.make_kernel`).
+            None picks the cheaper (`analysis.measure.fewshot_kernels.make_kernel`).
 
     Raises:
         InputError: non-finite or misshapen features, a length that does not match the bank,
@@ -190,65 +190,6 @@ def episode_accuracy(scores: Tensor, q_query: int) -> Tensor:
     tied = torch.count_nonzero(scores == top[:, None, :], dim=1)
     credit = (own == top) / tied  # 0 or 1 unless tied
     return credit.sum(dim=1, dtype=torch.float64) / num_q
-
-
-def ncc_error_bound(cdnv: float, n_way: int, k_shot: int) -> float:
-    """Upper bound on the expected error of n-way k-shot nearest-class-centre classification.
-
-        E[error] <= 8 (n - 1) (1 + 1/k) CDNV,
-        CDNV = Avg_{i<j} (Var_i + Var_j) / (2 ||mu_i - mu_j||^2)
-
-    over the classes episodes are drawn from (the paper's CDNV: biased 1/N_c variances of the
-    features the classifier sees; `cdnv/target` for "ncc_raw" on the target split). Values
-    >= 1 are vacuous; the bound is returned unclipped so that it stays comparable across runs.
-
-    Source. Galanti, György & Hutter, "On the Role of Neural Collapse in Transfer Learning"
-    (ICLR 2022, arXiv 2112.15121) bound the expected few-shot error of the nearest-class-centre
-    classifier h_{f,S}(x) = argmin_c ||f(x) - mu_f(S_c)|| on new classes by the CDNV. We could
-    not obtain that paper's text, so its proposition (number and constant) is NOT quoted here.
-    What we could read is the first author's summary of the journal version (arXiv 2212.12532;
-    blog "Why Pretrained Classifiers Work So Well in Few-Shot Learning", dlfundamentals.github.io,
-    2026-03-11): per pair of classes the NCC loss is <~ (1 + 1/n) V_f(Q_i, Q_j) + (1/n)
-    V_f(Q_j, Q_i), with V_f(Q_i, Q_j) = Var_f(Q_i) / ||mu_i - mu_j||^2, and a union bound over
-    the k - 1 wrong classes gives the leading term (k - 1) Avg_{i != j} V_f, constants
-    suppressed (their k, n are our n_way, k_shot). The statement below has that shape, with
-    its constant proved; the pairwise step reads 8 (1 + 1/(2k)) V_ij + (4/k) V_ji in their
-    asymmetric V.
-
-    Statement. Let an n-way k-shot episode draw n distinct classes uniformly from a pool, then
-    k support items and a query item of each class uniformly (with or without replacement;
-    supports and queries may be disjoint). Let mu_c and Var_c = E||f(x) - mu_c||^2 be the mean
-    and variance of class c over its items, and CDNV the average over the pool's class pairs.
-    Then the expected NCC error (ties counted as errors) is at most 8 (n - 1)(1 + 1/k) CDNV.
-    This covers the setting of the summary above (new classes drawn from a population, n
-    samples per class), here for the finite pool the episodes come from.
-
-    Proof. Fix ways i != j; write x = mu_i + z for a query of way i, m_i = mu_i + a and
-    m_j = mu_j + b for the support means, D = mu_i - mu_j. Misclassifying x as j requires
-    ||x - m_j|| <= ||x - m_i||, hence by the triangle inequality
-    ||D|| <= ||x - m_j|| + ||x - m_i|| <= 2||z|| + ||a|| + ||b||. By Markov's inequality and
-    (2u + v + w)^2 <= 4 (2u^2 + v^2 + w^2),
-        P(x -> j) <= 4 (2 Var_i + Var_i / k + Var_j / k) / ||D||^2,
-    using E||z||^2 = Var_i and E||a||^2 <= Var_i / k (sampling without replacement only lowers
-    it); no independence is needed. A union bound over j != i, the average over i, and
-    sum_{i != j} Var_i / ||D_ij||^2 = sum_{i<j} 2 V_ij give 8 (n - 1)(1 + 1/k) Avg_{i<j} V_ij
-    for the episode's classes; averaging over uniformly drawn classes gives the pool's CDNV.
-
-    Args:
-        cdnv: average pairwise CDNV of the class pool, >= 0 (inf gives inf).
-        n_way: ways n >= 2.
-        k_shot: shots k >= 1.
-
-    Raises:
-        InputError: cdnv negative or NaN, n_way < 2 or k_shot < 1.
-    """
-    value = float(cdnv)
-    if math.isnan(value) or value < 0:
-        raise InputError(f"cdnv must be a number >= 0, got {cdnv!r}")
-    for name, v, low in (("n_way", n_way, 2), ("k_shot", k_shot, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise InputError(f"{name} must be an integer >= {low}, got {v!r}")
-    return BOUND_CONSTANT * (n_way - 1) * (1.0 + 1.0 / k_shot) * value
 
 
 def _check_features(features: Tensor, bank: EpisodeBank) -> None:

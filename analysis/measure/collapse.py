@@ -1,10 +1,10 @@
 """Neural-collapse metrics: CDNV (Galanti et al. 2022) and NC1-NC4 (Papyan et al. 2020).
 
-Every metric is a pure function of a `ClassStats` (see `analysis.collapse_stats`, which
+Every metric is a pure function of a `ClassStats` (see `analysis.measure.collapse_stats`, which
 accumulates it streaming), plus the features themselves where a metric needs more than
 per-class first and second moments (directional CDNV, NC4). `collapse_metrics` computes the
 whole set for one split, as the trainable reports it. The NC1-NC4 definitions live in
-`analysis.collapse_nc`.
+`analysis.measure.collapse_nc`.
 
 Conventions shared by every metric:
 - Only classes with at least two samples take part (a variance needs two); the others are
@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from analysis.collapse_nc import nc1, nc2_equiangle, nc2_equinorm, nc3, nc4
-from analysis.collapse_stats import (
+from analysis.errors import InputError
+from analysis.measure.collapse_nc import nc1, nc2_equiangle, nc2_equinorm, nc3, nc4
+from analysis.measure.collapse_stats import (
     ClassStats,
     ClassStatsAccumulator,
     check_features_labels,
     upper_mask,
 )
-from analysis.errors import InputError
 
 __all__ = [
     "CDNVResult",

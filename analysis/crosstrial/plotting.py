@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from analysis.correlate import MIN_BOOT_TRIALS
+from analysis.crosstrial.correlate import MIN_BOOT_TRIALS
 
 DPI = 150
 LOG_STEPS = [tuple(float(m) for m in range(1, 10)), (1.0, 2.0, 3.0, 5.0), (1.0, 2.0, 5.0),

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import bound as bound_mod
-from analysis import correlate as corr
-from analysis import effects as eff
-from analysis import figures as figs
-from analysis.correlate import format_ci
+from analysis.crosstrial import bound_check as bound_mod
+from analysis.crosstrial import correlate as corr
+from analysis.crosstrial import effects as eff
+from analysis.crosstrial import figures as figs
+from analysis.crosstrial.correlate import format_ci
+from analysis.crosstrial.report_render import HEADLINE_X, ci_text, pval, render
+from analysis.crosstrial.runs import StudyRuns, describe, load_study
 from analysis.errors import InputError
-from analysis.report_render import HEADLINE_X, ci_text, pval, render
-from analysis.runs import StudyRuns, describe, load_study
 
 FORMATS = ("html", "md")
 

@@ -1,6 +1,6 @@
 """Slow, obvious references for the collapse metrics: numpy float64, loops over classes and pairs.
 
-Written from the formulas, independently of analysis.collapse*, so the tests compare two
+Written from the formulas, independently of analysis.measure.collapse*, so the tests compare two
 implementations that share nothing but the definitions.
 """
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analysis.errors import InputError
-from analysis.fewshot import EpisodeBank, format_shape, parse_shape, sample_episodes
+from analysis.measure.fewshot import EpisodeBank, format_shape, parse_shape, sample_episodes
 
 
 def _labels(counts: list[int], values: list[int] | None = None) -> torch.Tensor:

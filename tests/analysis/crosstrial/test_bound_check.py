@@ -1,4 +1,4 @@
-"""analysis.bound: the CDNV bound against the observed NCC error, from logged metrics."""
+"""bound_check: the CDNV bound against the observed NCC error, from logged metrics."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from analysis.bound import bound_summary, bound_table, episode_shapes
-from analysis.runs import load_study
+from analysis.crosstrial.bound_check import bound_summary, bound_table, episode_shapes
+from analysis.crosstrial.runs import load_study
 from tests.analysis.conftest import FakeTrial, synth_trial, write_study
 
 
@@ -62,9 +62,6 @@ def test_primary_ncc_stands_in_when_raw_was_not_logged(new_store: Callable[[], s
 
 
 def test_bound_computed_from_cdnv_when_not_logged(new_store: Callable[[], str]) -> None:
-    fewshot = pytest.importorskip("analysis.fewshot")
-    if not hasattr(fewshot, "ncc_error_bound"):
-        pytest.skip("analysis.fewshot.ncc_error_bound not written yet")
     uri = new_store()
     trials = [synth_trial({"weight_decay": 1e-4}, cdnv_final=c, acc_final=0.8, epochs=2)
               for c in (0.01, 0.05)]
@@ -75,8 +72,12 @@ def test_bound_computed_from_cdnv_when_not_logged(new_store: Callable[[], str]) 
     t = bound_table(s)
     assert set(t["bound_source"]) == {"computed from cdnv/target"}
     assert set(t["shape"]) == {"5w1s", "5w5s"}
+    # 8 (n - 1)(1 + 1/k) CDNV written out: 5w1s -> 64 CDNV, 5w5s -> 38.4 CDNV.
+    factor = {"5w1s": 8 * 4 * 2.0, "5w5s": 8 * 4 * 1.2}
     for r in t.itertuples():
-        assert r.bound == pytest.approx(fewshot.ncc_error_bound(r.cdnv_target, r.n_way, r.k_shot))
+        assert r.bound == pytest.approx(factor[r.shape] * r.cdnv_target, rel=1e-12)
+    final = t[t["final"] & (t["shape"] == "5w5s")].sort_values("cdnv_target")
+    assert final["bound"].tolist() == pytest.approx([38.4 * 0.01, 38.4 * 0.05])
 
 
 def test_failed_trials_and_missing_metrics_do_not_crash(new_store: Callable[[], str]) -> None:

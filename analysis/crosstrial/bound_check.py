@@ -6,7 +6,7 @@ NCC on the raw features the CDNV was measured on, so `ncc_raw` is the classifier
 was logged; otherwise the primary `ncc` (centred-then-L2) stands in and the table says so.
 
 When a study logged no bound metric, it is computed from `cdnv/target` with
-`analysis.fewshot.ncc_error_bound` if that function exists.
+`analysis.measure.fewshot.ncc_error_bound` if that function exists.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from analysis.runs import StudyRuns, describe
+from analysis.crosstrial.runs import StudyRuns, describe
 
 SHAPE = re.compile(r"^(\d+)w(\d+)s$")
 CLASSIFIERS = ("ncc_raw", "ncc")  # preference order: the bound's own classifier first
@@ -28,7 +28,7 @@ COLUMNS = ["trial_index", "epoch", "final", "shape", "n_way", "k_shot", "classif
 
 def _bound_function() -> Callable[[float, int, int], float] | None:
     try:
-        from analysis.fewshot import ncc_error_bound
+        from analysis.measure.bound import ncc_error_bound
     except ImportError:
         return None
     return ncc_error_bound

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.runs import StudyRuns
+from analysis.crosstrial.runs import StudyRuns
 
 CONTROL = "source/test_acc"
 CDNV_SPLITS = ("source_train", "source_test", "target")

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.correlate import MIN_TRIALS, correlate, format_ci, primary_transfer
-from analysis.runs import StudyRuns, describe
+from analysis.crosstrial.correlate import MIN_TRIALS, correlate, format_ci, primary_transfer
+from analysis.crosstrial.runs import StudyRuns, describe
 
 MAX_GRID_VALUES = 12
 COLLAPSE_TARGET = "cdnv/target"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.collapse import collapse_metrics, nc1, nc2_equiangle, nc2_equinorm, nc3, nc4
-from analysis.collapse_stats import class_stats
+from analysis.measure.collapse import collapse_metrics, nc1, nc2_equiangle, nc2_equinorm, nc3, nc4
+from analysis.measure.collapse_stats import class_stats
 
 try:
-    from tests.analysis.collapse_refs import cdnv_pairs, nc4_ref, nc_refs
+    from tests.analysis.measure.collapse_refs import cdnv_pairs, nc4_ref, nc_refs
 except ImportError:  # tests/ without __init__.py files: pytest puts this folder on sys.path
     from collapse_refs import cdnv_pairs, nc4_ref, nc_refs  # type: ignore[no-redef]
 
