@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from analysis.contract import DEFAULT_SEARCH_METRIC, MetricSpec, all_names, parse_shape
+from analysis.errors import InputError
 from study.space import ParamSpec, check_space
 from trainables.config import (
     BackboneConfig,
@@ -46,7 +47,7 @@ class SearchConfig(_Section):
     sampler: Literal["tpe", "random", "cmaes", "grid"] = "tpe"
     num_samples: int | None = Field(None, ge=1)  # None: the grid's size, else 8
     max_concurrent: int = Field(2, ge=1)
-    metric: str = "fewshot/5w5s/ncc/acc"
+    metric: str = DEFAULT_SEARCH_METRIC
     mode: Literal["max", "min"] = "max"
     seed: int = 0
     asha: AshaConfig | None = None
@@ -104,7 +105,7 @@ class StudyConfig(_Section):
         check_registered(self.dataset.name, self.backbone.name)
         check_space(self.space, self.trial_config().flat(), self.search.sampler)
         check_evaluation(self.evaluation)
-        produced = produced_metrics(self.evaluation)
+        produced = self.metric_names()
         if self.search.metric not in produced:
             raise ValueError(
                 f"search.metric: no trial reports '{self.search.metric}'; the evaluation "
@@ -138,6 +139,14 @@ class StudyConfig(_Section):
             training=self.training,
             evaluation=self.evaluation,
         )
+
+    def metric_spec(self) -> MetricSpec:
+        """What a trial of this study measures (see analysis.contract)."""
+        return self.trial_config().metric_spec()
+
+    def metric_names(self) -> set[str]:
+        """Every metric name a trial of this study reports: `nctune metrics` prints these."""
+        return all_names(self.metric_spec())
 
     @property
     def num_samples(self) -> int:
@@ -198,19 +207,15 @@ def check_registered(dataset: str, backbone: str) -> None:
                          f"{', '.join(list_backbones())}")
 
 
-SHAPE_RE = re.compile(r"^(\d+)w(\d+)s$")
-
-
 def check_evaluation(ev: EvaluationConfig) -> None:
+    """Episode shapes parse (the contract's one parser) and classifiers are registered."""
     from analysis.measure.fewshot import list_classifiers
 
     for shape in ev.shapes:
-        m = SHAPE_RE.match(shape)
-        if not m or int(m.group(1)) < 2 or int(m.group(2)) < 1:
-            raise ValueError(
-                f"evaluation.shapes: '{shape}' is not an episode shape; write <n>w<k>s with "
-                "n >= 2 ways and k >= 1 shots, e.g. 5w1s or 5w5s"
-            )
+        try:
+            parse_shape(shape)
+        except InputError as exc:
+            raise ValueError(f"evaluation.shapes: {exc}") from None
     known = list_classifiers()
     for clf in ev.classifiers:
         if clf not in known:
@@ -218,24 +223,6 @@ def check_evaluation(ev: EvaluationConfig) -> None:
                 f"evaluation.classifiers: '{clf}' is not a few-shot classifier; known: "
                 f"{', '.join(known)}"
             )
-
-
-SPLITS = ("source_train", "source_test", "target")
-
-
-def produced_metrics(ev: EvaluationConfig) -> set[str]:
-    """Every metric name a trial with this evaluation section reports (DESIGN.md's table)."""
-    names = {"source/train_loss", "source/train_acc", "source/test_acc", "time/train_s",
-             "time/eval_s", "throughput/train_img_s", "nc3/source", "nc4/source_test"}
-    for split in SPLITS:
-        for family in ("cdnv", "cdnv_dir", "cdnv_unbiased", "nc1", "nc2_equinorm",
-                       "nc2_equiangle"):
-            names.add(f"{family}/{split}")
-    for shape in ev.shapes:
-        names.add(f"bound/{shape}")
-        for clf in ev.classifiers:
-            names.update({f"fewshot/{shape}/{clf}/acc", f"fewshot/{shape}/{clf}/ci95"})
-    return names
 
 
 def grid_size(space: dict[str, ParamSpec]) -> int:

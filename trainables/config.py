@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from analysis.contract import MetricSpec, all_names
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -100,6 +102,15 @@ class TrialConfig(BaseModel):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    def metric_spec(self) -> MetricSpec:
+        """What this trial's evaluation measures, for the metric contract's name list."""
+        ev = self.evaluation
+        return MetricSpec(shapes=tuple(ev.shapes), classifiers=tuple(ev.classifiers))
+
+    def metric_names(self) -> set[str]:
+        """Every metric name a trial of this config reports (the contract's list)."""
+        return all_names(self.metric_spec())
 
     def flat(self) -> dict[str, Any]:
         """One key per field; `dataset.name` -> `dataset`, `backbone.name` -> `backbone`."""

@@ -12,20 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
+from analysis import contract as names
+from analysis.contract import parse_shape
+from analysis.measure.bound import ncc_error_bound
 from analysis.measure.collapse import collapse_metrics
 from analysis.measure.collapse_stats import class_stats
-from analysis.measure.fewshot import (
-    EpisodeBank,
-    evaluate_episodes,
-    ncc_error_bound,
-    parse_shape,
-    sample_episodes,
-)
+from analysis.measure.fewshot import EpisodeBank, evaluate_episodes, sample_episodes
 from trainables.augment import normalize
 from trainables.config import EvaluationConfig
 from trainables.data import DataSplits, Split
-
-COLLAPSE_KEYS = ("cdnv", "cdnv_dir", "cdnv_unbiased", "nc1", "nc2_equinorm", "nc2_equiangle")
 
 
 class DivergedError(RuntimeError):
@@ -105,7 +100,7 @@ def evaluate(model: torch.nn.Module, data: DataSplits, banks: dict[str, EpisodeB
     test = extract(model, data.source_test, device, amp=amp, channels_last=channels_last)
     tgt = extract(model, data.target, device, amp=amp, channels_last=channels_last)
     out: dict[str, float] = {
-        "source/test_acc": (test.logits.argmax(1) == test.labels).float().mean().item()
+        names.SOURCE_TEST_ACC: (test.logits.argmax(1) == test.labels).float().mean().item()
     }
     weight = model.classifier.weight.detach().float()  # type: ignore[union-attr,operator]
     src_metrics = collapse_metrics(src.features, src.labels, classifier_weight=weight)
@@ -114,17 +109,19 @@ def evaluate(model: torch.nn.Module, data: DataSplits, banks: dict[str, EpisodeB
     test_metrics = collapse_metrics(test.features, test.labels, logits=test.logits,
                                     means_for_nc4=src_means)
     tgt_metrics = collapse_metrics(tgt.features, tgt.labels)
-    for split, metrics in (("source_train", src_metrics), ("source_test", test_metrics),
-                           ("target", tgt_metrics)):
-        out.update({f"{key}/{split}": float(metrics[key]) for key in COLLAPSE_KEYS})
-    out["nc3/source"] = float(src_metrics["nc3"])
-    out["nc4/source_test"] = float(test_metrics["nc4"])
+    for split, metrics in ((names.SOURCE_TRAIN, src_metrics), (names.SOURCE_TEST, test_metrics),
+                           (names.TARGET, tgt_metrics)):
+        out.update({names.collapse_key(family, split): float(metrics[family])
+                    for family in names.COLLAPSE_FAMILIES})
+    out[names.NC3_SOURCE] = float(src_metrics["nc3"])
+    out[names.NC4_SOURCE_TEST] = float(test_metrics["nc4"])
     center = src.features.mean(0)
     for shape, bank in banks.items():
         out.update(fewshot_metrics(tgt.features, bank, shape, ev, center))
         n_way, k_shot = parse_shape(shape)
-        out[f"bound/{shape}"] = float(ncc_error_bound(out["cdnv/target"], n_way, k_shot))
-    out["time/eval_s"] = time.perf_counter() - start
+        cdnv_target = out[names.collapse_key("cdnv", names.TARGET)]
+        out[names.bound_key(shape)] = float(ncc_error_bound(cdnv_target, n_way, k_shot))
+    out[names.EVAL_TIME] = time.perf_counter() - start
     return out
 
 
@@ -134,7 +131,7 @@ def fewshot_metrics(features: torch.Tensor, bank: EpisodeBank, shape: str,
     for clf in ev.classifiers:
         limit = ev.probe_episodes if clf == "logreg" else None
         res = evaluate_episodes(features, bank, clf, center=center, max_episodes=limit)
-        out[f"fewshot/{shape}/{clf}/acc"] = float(res.mean)
-        out[f"fewshot/{shape}/{clf}/ci95"] = float(res.ci95)
+        out[names.fewshot_key(shape, clf, "acc")] = float(res.mean)
+        out[names.fewshot_key(shape, clf, "ci95")] = float(res.ci95)
     return out
 

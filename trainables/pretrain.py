@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
+from analysis import contract as names
 from analysis.errors import InputError
 from trainables.augment import BatchAugment, mixup, normalize
 from trainables.backbones import create_backbone
@@ -189,8 +190,8 @@ class Trainer:
             metrics["epoch"] = self.epoch
             last = self.epoch == cfg.training.epochs
             try:
-                if self.diverged(metrics["source/train_loss"]):
-                    raise DivergedError(metrics["source/train_loss"])
+                if self.diverged(metrics[names.TRAIN_LOSS]):
+                    raise DivergedError(metrics[names.TRAIN_LOSS])
                 if last or self.epoch % cfg.evaluation.eval_every == 0:
                     metrics.update(evaluate(self.model, self.data, self.banks, cfg.evaluation,
                                             self.device, amp=cfg.training.amp,
@@ -229,9 +230,9 @@ class Trainer:
             if step % 20 == 19 and self.diverged((loss_sum / seen).item()):
                 break  # diverged: stop spending compute on NaNs
         elapsed = time.perf_counter() - start
-        return {"source/train_loss": (loss_sum / max(seen, 1)).item(),
-                "source/train_acc": (correct / max(seen, 1)).item(),
-                "time/train_s": elapsed, "throughput/train_img_s": seen / max(elapsed, 1e-9)}
+        return {names.TRAIN_LOSS: (loss_sum / max(seen, 1)).item(),
+                names.TRAIN_ACC: (correct / max(seen, 1)).item(),
+                names.TRAIN_TIME: elapsed, names.THROUGHPUT: seen / max(elapsed, 1e-9)}
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor,
                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

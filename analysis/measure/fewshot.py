@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 import analysis.measure.fewshot_logreg  # noqa: F401  (registers "logreg")
+from analysis.contract import format_shape, parse_shape  # the contract's one parser
 from analysis.errors import InputError
 from analysis.measure.fewshot_classifiers import (
     FewShotClassifier,
@@ -33,12 +34,7 @@ from analysis.measure.fewshot_classifiers import (
     list_classifiers,
     register_classifier,
 )
-from analysis.measure.fewshot_episodes import (
-    EpisodeBank,
-    format_shape,
-    parse_shape,
-    sample_episodes,
-)
+from analysis.measure.fewshot_episodes import EpisodeBank, sample_episodes
 from analysis.measure.fewshot_kernels import make_kernel
 
 __all__ = [

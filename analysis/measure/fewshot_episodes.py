@@ -10,7 +10,6 @@ seed, i), so a bank of E episodes is the first E episodes of any larger one with
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -19,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from analysis.contract import format_shape
 from analysis.errors import InputError
 
 # Episodes drawn per call to the generator (bounds memory; does not change the bank).
 _DRAW_CHUNK = 1024
 _HASH_VERSION = "nctune-episodes-v1"
-_SHAPE_RE = re.compile(r"^(\d+)w(\d+)s$")
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,28 +97,6 @@ class EpisodeBank:
             f"EpisodeBank({self.n_way}-way {self.k_shot}-shot {self.q_query}-query, "
             f"episodes={self.episodes}, seed={self.seed}, hash={self.hash})"
         )
-
-
-def format_shape(n_way: int, k_shot: int) -> str:
-    """(5, 1) -> "5w1s", the form used in metric names such as fewshot/5w1s/ncc/acc."""
-    return f"{n_way}w{k_shot}s"
-
-
-def parse_shape(shape: str) -> tuple[int, int]:
-    """Parse "5w1s" into (n_way, k_shot) = (5, 1).
-
-    Raises:
-        InputError: `shape` is not of the form "<n>w<k>s" with n >= 2 and k >= 1.
-    """
-    match = _SHAPE_RE.match(shape.strip()) if isinstance(shape, str) else None
-    if match is None:
-        raise InputError(
-            f"episode shape {shape!r} is not of the form '<n>w<k>s' (e.g. '5w1s', '5w5s')"
-        )
-    n_way, k_shot = int(match.group(1)), int(match.group(2))
-    _check_int("n_way (in shape " + repr(shape) + ")", n_way, minimum=2)
-    _check_int("k_shot (in shape " + repr(shape) + ")", k_shot, minimum=1)
-    return n_way, k_shot
 
 
 def sample_episodes(

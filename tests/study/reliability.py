@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 from mlflow.tracking import MlflowClient
 
-from study.config import StudyConfig, produced_metrics
+from study.config import StudyConfig
 from study.presets import dump_config
 from tests.study.studies import tiny_study
 
@@ -183,7 +183,7 @@ def audit(cfg: StudyConfig, uri: str) -> dict[str, Any]:
     expected = range(1, cfg.training.epochs + 1)
     duplicated = missing = 0
     for run in children:
-        for key in produced_metrics(cfg.evaluation):
+        for key in cfg.metric_names():
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             duplicated += len(steps) - len(set(steps))
             missing += len(set(expected) - set(steps))

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from study.cli import main
-from study.config import StudyConfig, apply_overrides, produced_metrics
+from study.config import StudyConfig, apply_overrides
 from study.presets import list_presets, load_study_config
 
 BAD = [
@@ -110,7 +110,7 @@ def test_the_cli_leaves_sigpipe_ignored_in_process():
 def test_every_preset_validates(preset):
     cfg = load_study_config(preset)
     assert cfg.searched(), "a preset searches something"
-    assert cfg.search.metric in produced_metrics(cfg.evaluation)
+    assert cfg.search.metric in cfg.metric_names()
 
 
 def test_demo_preset_meets_the_issue():

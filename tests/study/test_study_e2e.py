@@ -7,7 +7,6 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.config import produced_metrics
 from study.driver import run_study
 from tests.study.studies import tiny_study
 from trainables.config import TrialConfig
@@ -36,7 +35,7 @@ def test_three_trials_log_every_metric_at_every_epoch(tmp_path, local_ray):
     assert parent.data.tags["nctune.status"] == "completed"
     assert parent.data.tags["nctune.searched"] == "weight_decay,label_smoothing"
     assert len(children) == 3
-    expected = produced_metrics(cfg.evaluation)
+    expected = cfg.metric_names()
     ray_configs = {
         json.loads((p / "params.json").read_text())["weight_decay"]: json.loads(
             (p / "params.json").read_text())

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from analysis.errors import InputError
-from study.config import produced_metrics
 from tests.trainables.test_pretrain import Recorder, tiny_config
 from trainables.pretrain import Trainer, limit_gpu_memory, pick_device
 
@@ -92,7 +91,7 @@ def test_one_epoch_on_the_gpu_with_bf16_and_channels_last():
     trainer.fit(rec)
     (report,) = rec.reports
     assert report["trial_status"] == "completed"
-    expected = produced_metrics(cfg.evaluation)
+    expected = cfg.metric_names()
     assert expected <= set(report), expected - set(report)
     assert all(math.isfinite(report[k]) for k in expected)
 

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from study.config import produced_metrics
 from trainables.config import TrialConfig
 from trainables.pretrain import Trainer
 
@@ -47,7 +46,7 @@ def test_every_contract_metric_at_every_evaluated_epoch():
     rec = Recorder()
     Trainer(cfg, threads=1, device=torch.device("cpu")).fit(rec)
     assert [r["epoch"] for r in rec.reports] == [1, 2]
-    expected = produced_metrics(cfg.evaluation)
+    expected = cfg.metric_names()
     for report in rec.reports:
         assert expected <= set(report), expected - set(report)
         assert all(math.isfinite(report[k]) for k in expected)

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis.contract import SPLITS
 from analysis.errors import InputError
 from trainables.config import DatasetConfig
 from trainables.data.cache import CACHE_FORMAT, cached_arrays, source_hash
 from trainables.data.registry import Catalog, Dataset, create_dataset
 
-SPLITS = ("source_train", "source_test", "target")
 # Options that change the split arrays; `root` and `download` act through the fingerprint.
 _KEY_FIELDS = ("split_mode", "split_seed", "num_source_classes", "num_target_classes",
                "source_train_per_class", "source_test_per_class", "target_per_class",

@@ -166,7 +166,7 @@ def test_parse_shape_rejects_bad_shapes(bad: str) -> None:
 
 
 def test_parse_shape_rejects_non_strings() -> None:
-    with pytest.raises(ValueError, match="not of the form"):
+    with pytest.raises(ValueError, match="is not an episode shape"):
         parse_shape(5)  # type: ignore[arg-type]
 
 

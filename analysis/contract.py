@@ -1,0 +1,209 @@
+"""The metric contract: every metric name nctune logs, and the one function that lists them.
+
+Trials report these names (`trainables.evaluate`, `trainables.pretrain`), the driver logs them
+to MLflow (`study.tracking`), the config checks `search.metric` against them (`study.config`),
+and the study analysis reads them (`analysis.crosstrial`). A name is built here or nowhere:
+
+    collapse_key("cdnv", "target")          -> "cdnv/target"
+    fewshot_key("5w5s", "ncc")              -> "fewshot/5w5s/ncc/acc"
+    bound_key("5w5s")                       -> "bound/5w5s"
+    layer_key("layer2", "cdnv", "target")   -> "layer/layer2/cdnv/target"
+    layer_fewshot_key("layer2", "5w5s")     -> "layer/layer2/fewshot/5w5s/ncc/acc"
+    transfer_key("logme")                   -> "transfer/logme/target"
+    probe_key("digits", "cdnv/target")      -> "probe/digits/cdnv/target"
+
+`trial_metrics(spec)` answers "which names does a trial of this evaluation report", grouped as
+`nctune metrics` prints them. This module is plain Python (no torch), so the CLI and the
+study-level analysis can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from analysis.errors import InputError
+
+# ---- splits and families ---------------------------------------------------------------------
+SOURCE_TRAIN, SOURCE_TEST, TARGET = "source_train", "source_test", "target"
+SPLITS = (SOURCE_TRAIN, SOURCE_TEST, TARGET)
+
+# Collapse statistics measured on every split at the penultimate layer (analysis.measure.collapse).
+COLLAPSE_FAMILIES = ("cdnv", "cdnv_dir", "cdnv_unbiased", "nc1", "nc2_equinorm", "nc2_equiangle")
+# NC3 needs the classifier (source classes only); NC4 compares the head with NCC on source_test.
+NC3_SOURCE = "nc3/source"
+NC4_SOURCE_TEST = "nc4/source_test"
+
+# Pretraining progress and cost, reported every epoch.
+TRAIN_LOSS = "source/train_loss"
+TRAIN_ACC = "source/train_acc"
+SOURCE_TEST_ACC = "source/test_acc"
+TRAIN_TIME = "time/train_s"
+EVAL_TIME = "time/eval_s"
+THROUGHPUT = "throughput/train_img_s"
+TRAINING_METRICS = (TRAIN_LOSS, TRAIN_ACC, TRAIN_TIME, THROUGHPUT)
+
+FEWSHOT_STATS = ("acc", "ci95")
+# The few-shot classifier every layer tap and bound refers to: NCC on centred-then-L2 features.
+PRIMARY_CLASSIFIER = "ncc"
+DEFAULT_SEARCH_METRIC = "fewshot/5w5s/ncc/acc"
+
+# Per-tap statistics (issue "Where in the network"): on source_train and target, optionally
+# source_test.
+LAYER_FAMILIES = ("cdnv", "cdnv_unbiased", "nc1", "erank")
+LAYER_PREFIX = "layer"
+
+TRANSFER_PREFIX = "transfer"
+PROBE_PREFIX = "probe"
+# Parent-run metrics written by the study analysis (analysis.crosstrial.report).
+ANALYSIS_PREFIX = "analysis"
+
+_SHAPE_RE = re.compile(r"^(\d+)w(\d+)s$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+# ---- episode shapes --------------------------------------------------------------------------
+def format_shape(n_way: int, k_shot: int) -> str:
+    """(5, 1) -> "5w1s", the form used in metric names such as fewshot/5w1s/ncc/acc."""
+    return f"{n_way}w{k_shot}s"
+
+
+def parse_shape(shape: str) -> tuple[int, int]:
+    """Parse "5w1s" into (n_way, k_shot) = (5, 1): the one parser of episode shapes.
+
+    Raises:
+        InputError: `shape` is not "<n>w<k>s" with n >= 2 ways and k >= 1 shots.
+    """
+    match = _SHAPE_RE.match(shape.strip()) if isinstance(shape, str) else None
+    n_way, k_shot = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if match is None or n_way < 2 or k_shot < 1:
+        raise InputError(f"'{shape}' is not an episode shape; write <n>w<k>s with n >= 2 ways "
+                         "and k >= 1 shots, e.g. 5w1s or 5w5s")
+    return n_way, k_shot
+
+
+def is_shape(text: str) -> bool:
+    """Whether `text` parses as an episode shape."""
+    try:
+        parse_shape(text)
+    except InputError:
+        return False
+    return True
+
+
+def sort_shapes(shapes: Iterable[str]) -> list[str]:
+    """Shapes in (n_way, k_shot) order, duplicates dropped."""
+    return sorted(set(shapes), key=parse_shape)
+
+
+# ---- name builders ---------------------------------------------------------------------------
+def collapse_key(family: str, split: str) -> str:
+    """`cdnv/target`: a collapse statistic of the penultimate features of one split."""
+    return f"{family}/{split}"
+
+
+def fewshot_key(shape: str, classifier: str, stat: str = "acc") -> str:
+    """`fewshot/5w5s/ncc/acc` (or `.../ci95`): few-shot accuracy on the target episodes."""
+    return f"fewshot/{shape}/{classifier}/{stat}"
+
+
+def bound_key(shape: str) -> str:
+    """`bound/5w5s`: the CDNV bound on the NCC error (analysis.measure.bound)."""
+    return f"bound/{shape}"
+
+
+def layer_key(tap: str, family: str, split: str) -> str:
+    """`layer/<tap>/<metric>/<split>`: a collapse statistic at one tap of the backbone."""
+    return f"{LAYER_PREFIX}/{tap}/{family}/{split}"
+
+
+def layer_fewshot_key(tap: str, shape: str) -> str:
+    """`layer/<tap>/fewshot/<shape>/ncc/acc`: NCC accuracy of one tap's features."""
+    return f"{LAYER_PREFIX}/{tap}/fewshot/{shape}/{PRIMARY_CLASSIFIER}/acc"
+
+
+def transfer_key(estimator: str) -> str:
+    """`transfer/<estimator>/target`: a transferability estimator on the target features."""
+    return f"{TRANSFER_PREFIX}/{estimator}/{TARGET}"
+
+
+def probe_key(name: str, metric: str) -> str:
+    """`probe/<name>/<metric>`: a contract metric measured later on another target."""
+    return f"{PROBE_PREFIX}/{name}/{metric}"
+
+
+def analysis_key(*parts: str) -> str:
+    """`analysis/<part>/...`: a parent-run metric of the study analysis."""
+    return "/".join((ANALYSIS_PREFIX, *parts))
+
+
+def check_name_part(what: str, value: str) -> str:
+    """A tap, estimator or probe name must not break a metric name (no '/', no spaces)."""
+    if not isinstance(value, str) or not _NAME_PART.match(value):
+        raise InputError(f"{what}: {value!r} cannot be part of a metric name; use letters, "
+                         "digits, '_', '.', '+' or '-'")
+    return value
+
+
+# ---- what a trial reports --------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricSpec:
+    """What an evaluation measures, as far as metric names are concerned.
+
+    Attributes:
+        shapes: episode shapes ("5w1s", ...).
+        classifiers: few-shot classifiers, by registered name.
+        taps: backbone taps measured per layer (empty: penultimate only).
+        layer_splits: the splits the per-tap collapse statistics are measured on.
+        estimators: transferability estimators logged as transfer/<name>/target.
+    """
+
+    shapes: Sequence[str]
+    classifiers: Sequence[str]
+    taps: Sequence[str] = ()
+    layer_splits: Sequence[str] = (SOURCE_TRAIN, TARGET)
+    estimators: Sequence[str] = field(default_factory=tuple)
+
+
+def trial_metrics(spec: MetricSpec) -> dict[str, list[str]]:
+    """Every metric name a trial with this evaluation reports, grouped (group -> sorted names).
+
+    Groups: training (every epoch), source (evaluation on source classes), collapse, fewshot,
+    bound, layers, transfer. Empty groups are left out.
+    """
+    for shape in spec.shapes:
+        parse_shape(shape)
+    groups: dict[str, list[str]] = {
+        "training": list(TRAINING_METRICS),
+        "source": [SOURCE_TEST_ACC, NC3_SOURCE, NC4_SOURCE_TEST, EVAL_TIME],
+        "collapse": [collapse_key(f, s) for f in COLLAPSE_FAMILIES for s in SPLITS],
+        "fewshot": [fewshot_key(shape, clf, stat) for shape in spec.shapes
+                    for clf in spec.classifiers for stat in FEWSHOT_STATS],
+        "bound": [bound_key(shape) for shape in spec.shapes],
+        "layers": [layer_key(check_name_part("evaluation.layers", tap), f, s)
+                   for tap in spec.taps for f in LAYER_FAMILIES for s in spec.layer_splits]
+                  + [layer_fewshot_key(tap, shape) for tap in spec.taps for shape in spec.shapes],
+        "transfer": [transfer_key(e) for e in spec.estimators],
+    }
+    return {g: sorted(set(names)) for g, names in groups.items() if names}
+
+
+def all_names(spec: MetricSpec) -> set[str]:
+    """`trial_metrics` flattened into one set."""
+    return {name for names in trial_metrics(spec).values() for name in names}
+
+
+# ---- reading names back ----------------------------------------------------------------------
+def is_fewshot_acc(name: str) -> bool:
+    """`fewshot/<shape>/<clf>/acc` at the penultimate layer."""
+    parts = name.split("/")
+    return len(parts) == 4 and parts[0] == "fewshot" and parts[3] == "acc" and is_shape(parts[1])
+
+
+def split_fewshot_key(name: str) -> tuple[str, str, str]:
+    """`fewshot/5w5s/ncc/acc` -> ("5w5s", "ncc", "acc")."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "fewshot":
+        raise InputError(f"'{name}' is not a few-shot metric name (fewshot/<shape>/<clf>/<stat>)")
+    return parts[1], parts[2], parts[3]
