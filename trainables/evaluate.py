@@ -8,7 +8,8 @@ extracted twice. Names follow DESIGN.md's metric table.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +22,7 @@ from analysis.measure.fewshot import EpisodeBank, evaluate_episodes, sample_epis
 from trainables.augment import normalize
 from trainables.config import EvaluationConfig
 from trainables.data import DataSplits, Split
+from trainables.taps import TapRecorder, layer_metrics, model_taps, select_taps
 
 
 class DivergedError(RuntimeError):
@@ -32,6 +34,7 @@ class Features:
     features: torch.Tensor  # (N, d) float32
     logits: torch.Tensor  # (N, num_source_classes)
     labels: torch.Tensor  # (N,) int64
+    taps: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (N, C) pooled float32
 
 
 def capped_indices(labels: torch.Tensor, per_class: int) -> torch.Tensor:
@@ -47,8 +50,10 @@ def capped_indices(labels: torch.Tensor, per_class: int) -> torch.Tensor:
 @torch.inference_mode()
 def extract(model: torch.nn.Module, split: Split, device: torch.device, *,
             index: torch.Tensor | None = None, batch_size: int = 256,
-            amp: bool = False, channels_last: bool = False) -> Features:
-    """Penultimate features and logits of a split, in eval mode.
+            amp: bool = False, channels_last: bool = False,
+            taps: Sequence[str] = ()) -> Features:
+    """Penultimate features and logits of a split, in eval mode, and the pooled outputs of
+    `taps` (trainables.taps) from the same forward pass.
 
     The split's images are gathered where they live (the GPU in a GPU trial, so no batch is
     copied from the host) and moved to `device` only if they are elsewhere.
@@ -59,20 +64,21 @@ def extract(model: torch.nn.Module, split: Split, device: torch.device, *,
     idx = (index.to(home) if index is not None
            else torch.arange(len(split.labels), device=home))
     feats, logits = [], []
-    for start in range(0, len(idx), batch_size):
-        batch = idx[start : start + batch_size]
-        x = normalize(split.images[batch].to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            f = model.features(x)  # type: ignore[operator]
-        f = f.float()
-        feats.append(f)
-        logits.append(model.classifier(f).float())  # type: ignore[operator]
+    with TapRecorder(model, taps) as recorder:
+        for start in range(0, len(idx), batch_size):
+            batch = idx[start : start + batch_size]
+            x = normalize(split.images[batch].to(device, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                f = model.features(x)  # type: ignore[operator]
+            f = f.float()
+            feats.append(f)
+            logits.append(model.classifier(f).float())  # type: ignore[operator]
     model.train(was_training)
     out = Features(torch.cat(feats), torch.cat(logits),
-                   split.labels[idx.to(split.labels.device)].to(device))
-    if not torch.isfinite(out.features).all():
+                   split.labels[idx.to(split.labels.device)].to(device), recorder.result())
+    if not all(torch.isfinite(t.sum()) for t in (out.features, *out.taps.values())):
         raise DivergedError("non-finite features")
     return out
 
@@ -95,10 +101,12 @@ def evaluate(model: torch.nn.Module, data: DataSplits, banks: dict[str, EpisodeB
     """Every evaluation metric of DESIGN.md's table for the model as it is now."""
     start = time.perf_counter()
     cap = capped_indices(data.source_train.labels, ev.features_per_class)
+    taps = select_taps(ev.layers, model_taps(model), str(getattr(model, "name", "")))
     src = extract(model, data.source_train, device, index=cap, amp=amp,
-                  channels_last=channels_last)
-    test = extract(model, data.source_test, device, amp=amp, channels_last=channels_last)
-    tgt = extract(model, data.target, device, amp=amp, channels_last=channels_last)
+                  channels_last=channels_last, taps=taps)
+    test = extract(model, data.source_test, device, amp=amp, channels_last=channels_last,
+                   taps=taps if ev.layers_source_test else ())
+    tgt = extract(model, data.target, device, amp=amp, channels_last=channels_last, taps=taps)
     out: dict[str, float] = {
         names.SOURCE_TEST_ACC: (test.logits.argmax(1) == test.labels).float().mean().item()
     }
@@ -108,20 +116,38 @@ def evaluate(model: torch.nn.Module, data: DataSplits, banks: dict[str, EpisodeB
                             len(data.source_train.class_names)).means
     test_metrics = collapse_metrics(test.features, test.labels, logits=test.logits,
                                     means_for_nc4=src_means)
-    tgt_metrics = collapse_metrics(tgt.features, tgt.labels)
-    for split, metrics in ((names.SOURCE_TRAIN, src_metrics), (names.SOURCE_TEST, test_metrics),
-                           (names.TARGET, tgt_metrics)):
+    for split, metrics in ((names.SOURCE_TRAIN, src_metrics), (names.SOURCE_TEST, test_metrics)):
         out.update({names.collapse_key(family, split): float(metrics[family])
                     for family in names.COLLAPSE_FAMILIES})
     out[names.NC3_SOURCE] = float(src_metrics["nc3"])
     out[names.NC4_SOURCE_TEST] = float(test_metrics["nc4"])
-    center = src.features.mean(0)
+    out.update(evaluate_target(tgt, banks, ev, center=src.features.mean(0)))
+    if taps:
+        measured = ((names.SOURCE_TRAIN, src, data.source_train),
+                    (names.SOURCE_TEST, test, data.source_test), (names.TARGET, tgt, data.target))
+        out.update(layer_metrics({split: (f.taps, f.labels, len(part.class_names))
+                                  for split, f, part in measured if f.taps}, banks))
+    out[names.EVAL_TIME] = time.perf_counter() - start
+    return out
+
+
+def evaluate_target(tgt: Features, banks: dict[str, EpisodeBank], ev: EvaluationConfig,
+                    center: torch.Tensor) -> dict[str, float]:
+    """Every metric measured on the target features alone: collapse, few-shot, bound.
+
+    Kept apart from `evaluate` so `nctune probe` (trainables.probe) runs exactly this on another
+    domain's images, with a trained or a pretrained backbone: whatever is measured on the
+    target here is measured by a probe too. `center` is the vector features are centred on
+    before the few-shot classifiers (the source-train mean in a trial).
+    """
+    metrics = collapse_metrics(tgt.features, tgt.labels)
+    out = {names.collapse_key(family, names.TARGET): float(metrics[family])
+           for family in names.COLLAPSE_FAMILIES}
     for shape, bank in banks.items():
         out.update(fewshot_metrics(tgt.features, bank, shape, ev, center))
         n_way, k_shot = parse_shape(shape)
         cdnv_target = out[names.collapse_key("cdnv", names.TARGET)]
         out[names.bound_key(shape)] = float(ncc_error_bound(cdnv_target, n_way, k_shot))
-    out[names.EVAL_TIME] = time.perf_counter() - start
     return out
 
 
