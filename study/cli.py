@@ -21,6 +21,7 @@ from analysis.errors import InputError
 # Modules that add sub-commands, in the order `nctune --help` lists them.
 COMMAND_MODULES = [
     "study.commands",
+    "study.metrics_cmd",
     "study.datasets_cmd",
     "study.cluster",
     "study.analyze_cmd",
