@@ -207,3 +207,18 @@ def split_fewshot_key(name: str) -> tuple[str, str, str]:
     if len(parts) != 4 or parts[0] != "fewshot":
         raise InputError(f"'{name}' is not a few-shot metric name (fewshot/<shape>/<clf>/<stat>)")
     return parts[1], parts[2], parts[3]
+# Names the study analysis reads most.
+CDNV_TARGET = collapse_key("cdnv", TARGET)
+
+
+def family_of(name: str) -> str:
+    """`cdnv/target` -> "cdnv"; `fewshot/5w5s/ncc/acc` -> "fewshot"."""
+    return name.split("/", 1)[0]
+
+
+def is_collapse(name: str) -> bool:
+    """A penultimate-layer collapse statistic of one split (`cdnv/target`, `nc1/source_train`)."""
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] in COLLAPSE_FAMILIES and parts[1] in SPLITS
+
+

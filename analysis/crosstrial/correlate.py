@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis import contract as names
 from analysis.crosstrial.runs import StudyRuns
 
-CONTROL = "source/test_acc"
-CDNV_SPLITS = ("source_train", "source_test", "target")
+CONTROL = names.SOURCE_TEST_ACC
+CDNV_SPLITS = names.SPLITS
 MIN_TRIALS = 3
 # Below this many trials a bootstrap has too few distinct resamples (3 trials: 10) for its
 # percentiles to mean anything: estimates and p-values only, no interval.
@@ -277,20 +278,22 @@ def _estimate(name: str, m: Method, point: Sample, boot: Sample, n_trials: int) 
 
 def collapse_columns(frame: pd.DataFrame) -> list[str]:
     """CDNV on the three splits, then NC1 on whatever splits were logged."""
-    cols = [f"cdnv/{s}" for s in CDNV_SPLITS if f"cdnv/{s}" in frame]
-    return cols + sorted(c for c in frame.columns if c.startswith("nc1/"))
+    cols = [names.collapse_key("cdnv", s) for s in CDNV_SPLITS
+            if names.collapse_key("cdnv", s) in frame]
+    return cols + sorted(c for c in frame.columns
+                         if names.is_collapse(c) and names.family_of(c) == "nc1")
 
 
 def transfer_columns(frame: pd.DataFrame) -> list[str]:
     """Few-shot accuracies, ncc first."""
-    cols = [c for c in frame.columns if c.startswith("fewshot/") and c.endswith("/acc")]
+    cols = [c for c in frame.columns if names.is_fewshot_acc(c)]
     return sorted(cols, key=lambda c: (c.split("/")[2] != "ncc", c))
 
 
 def primary_transfer(study: StudyRuns) -> str | None:
     """The study's search metric if it is a few-shot accuracy, else 5w5s NCC, else the first."""
     cols = transfer_columns(study.final)
-    for c in (study.tags.get("nctune.metric", ""), "fewshot/5w5s/ncc/acc"):
+    for c in (study.tags.get("nctune.metric", ""), names.DEFAULT_SEARCH_METRIC):
         if c in cols:
             return c
     return cols[0] if cols else None
@@ -335,7 +338,7 @@ TREND_COLUMNS = ["trial_index", "epochs", "rho_collapse_epoch", "rho_transfer_ep
                  "transfer_last", "falls_while_rises"]
 
 
-def within_trial_trends(study: StudyRuns, *, collapse: str = "cdnv/target",
+def within_trial_trends(study: StudyRuns, *, collapse: str = names.CDNV_TARGET,
                         transfer: str | None = None, n_boot: int = 2000,
                         seed: int = 0) -> tuple[pd.DataFrame, dict[str, float | int | str]]:
     """Per usable trial with >= 3 evaluated epochs: does `collapse` fall while `transfer` rises?
@@ -387,16 +390,17 @@ def comparable_cdnv(frame: pd.DataFrame, split: str) -> tuple[pd.Series | None, 
     Biased variances shrink by (n-1)/n with n images per class, so splits with different n
     are compared through `cdnv_unbiased/<split>`, or failing that the biased value times n/(n-1).
     """
-    if f"cdnv_unbiased/{split}" in frame:
-        return frame[f"cdnv_unbiased/{split}"], "cdnv_unbiased"
-    if f"cdnv/{split}" not in frame:
-        return None, f"cdnv/{split} not logged"
+    unbiased, biased = names.collapse_key("cdnv_unbiased", split), names.collapse_key("cdnv", split)
+    if unbiased in frame:
+        return frame[unbiased], "cdnv_unbiased"
+    if biased not in frame:
+        return None, f"{biased} not logged"
     keys = _PER_CLASS[split]
     if all(k in frame for k in keys):
         n = frame[list(keys)].astype(float).min(axis=1)
         how = "cdnv x n/(n-1), n images per class from the config"
-        return frame[f"cdnv/{split}"] * n / (n - 1), how
-    return frame[f"cdnv/{split}"], "biased cdnv, uncorrected (images per class unknown)"
+        return frame[biased] * n / (n - 1), how
+    return frame[biased], "biased cdnv, uncorrected (images per class unknown)"
 
 
 def generalization(study: StudyRuns, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:

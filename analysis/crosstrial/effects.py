@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis import contract as names
 from analysis.crosstrial.correlate import MIN_TRIALS, correlate, format_ci, primary_transfer
 from analysis.crosstrial.runs import StudyRuns, describe
 
 MAX_GRID_VALUES = 12
-COLLAPSE_TARGET = "cdnv/target"
+COLLAPSE_TARGET = names.CDNV_TARGET
 
 EVALUATORS: dict[str, Callable[[int], Any]] = {}
 
@@ -55,7 +56,7 @@ def create_evaluator(name: str, seed: int = 0) -> Any:
 
 
 def is_log_target(name: str) -> bool:
-    return name.startswith(("cdnv", "nc1"))
+    return names.family_of(name) in ("cdnv", "cdnv_unbiased", "cdnv_dir", "nc1")
 
 
 def effect_targets(study: StudyRuns) -> list[str]:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from analysis.contract import CDNV_TARGET, collapse_key, fewshot_key
 from analysis.crosstrial.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS, comparable_cdnv
 from analysis.crosstrial.effects import effect_params, effect_targets, is_log_target, log_scaled
 from analysis.crosstrial.plotting import (
@@ -41,8 +42,8 @@ def transfer_vs_cdnv(final: pd.DataFrame, history: pd.DataFrame, transfer: str, 
     with a 95% bootstrap band. Right: the same plane over training, a line per trial."""
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, sharey=True)
-    f = final[np.isfinite(final["cdnv/target"]) & np.isfinite(final[transfer])]
-    x, y = f["cdnv/target"].to_numpy(float), 100 * f[transfer].to_numpy(float)
+    f = final[np.isfinite(final[CDNV_TARGET]) & np.isfinite(final[transfer])]
+    x, y = f[CDNV_TARGET].to_numpy(float), 100 * f[transfer].to_numpy(float)
     cols = [c.colour[i] for i in f["trial_index"]]
     ci_col = transfer.replace("/acc", "/ci95")
     if ci_col in f:
@@ -62,13 +63,13 @@ def transfer_vs_cdnv(final: pd.DataFrame, history: pd.DataFrame, transfer: str, 
     if rho_text:
         note(ax, rho_text)
     for idx, h in history.groupby("trial_index"):
-        h = h[np.isfinite(h["cdnv/target"]) & np.isfinite(h[transfer])]
+        h = h[np.isfinite(h[CDNV_TARGET]) & np.isfinite(h[transfer])]
         if idx not in c.colour or h.empty:
             continue
-        ax2.plot(h["cdnv/target"], 100 * h[transfer], color=c.colour[idx], lw=1, alpha=0.8)
-        ax2.scatter(h["cdnv/target"].iloc[-1:], 100 * h[transfer].iloc[-1:], color=c.colour[idx],
+        ax2.plot(h[CDNV_TARGET], 100 * h[transfer], color=c.colour[idx], lw=1, alpha=0.8)
+        ax2.scatter(h[CDNV_TARGET].iloc[-1:], 100 * h[transfer].iloc[-1:], color=c.colour[idx],
                     s=30, edgecolors="black", linewidths=0.5, zorder=3)
-        ax2.scatter(h["cdnv/target"].iloc[:1], 100 * h[transfer].iloc[:1], color=c.colour[idx],
+        ax2.scatter(h[CDNV_TARGET].iloc[:1], 100 * h[transfer].iloc[:1], color=c.colour[idx],
                     s=14, marker="s", alpha=0.8)
     log_axis(ax2)
     ax2.set_xlabel("target CDNV (log scale)")
@@ -237,7 +238,7 @@ def bound_vs_error(table: pd.DataFrame) -> Figure:
         ax.set_ylim(min(lo, float(err.min()) / 1.5), 1.2)
         log_axis(ax)
         log_axis(ax, "y")
-        clf = describe(f"fewshot/{shape}/{g['classifier'].iloc[0]}/acc").split(" ", 2)[2]
+        clf = describe(fewshot_key(shape, g["classifier"].iloc[0])).split(" ", 2)[2]
         ax.set_xlabel("CDNV bound on the error (log scale)")
         ax.set_ylabel(f"observed error of {clf.removesuffix(' accuracy')} (log scale)")
         ax.set_title(f"{shape}: bound holds at {100 * g['holds'].mean():.0f}% of {len(g)} "
@@ -289,12 +290,12 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
     logs = {p for p in params if log_scaled(final[p], study.space.get(p))}
     c = colours(final, color_by, log=color_by in logs) if len(final) else None
     made: list[tuple[str, str, Figure]] = []
-    if c is not None and y and "cdnv/target" in final:
+    if c is not None and y and CDNV_TARGET in final:
         made.append(("transfer_vs_cdnv", f"{describe(y)} against target CDNV. Left: one point "
                      "per trial at its final epoch (bars: 95% CI over episodes), least-squares "
                      "trend on log CDNV with a bootstrap band. Right: the same trials over "
                      "training.", transfer_vs_cdnv(final, hist, y, c, rho_text, seed)))
-    if c is not None and any(f"cdnv/{s}" in hist for s in CDNV_SPLITS):
+    if c is not None and any(collapse_key("cdnv", s) in hist for s in CDNV_SPLITS):
         made.append(("cdnv_over_epochs", "CDNV of the three splits over training, one line per "
                      "trial, on a shared log axis.", cdnv_over_epochs(hist, c)))
     if c is not None and params and targets:

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.contract import CDNV_TARGET
 from analysis.crosstrial import correlate as corr
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.runs import StudyRuns
 
-HEADLINE_X = "cdnv/target"
+HEADLINE_X = CDNV_TARGET
 TEMPLATES = Path(__file__).parent / "templates"
 
 
