@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from analysis.contract import CDNV_TARGET, collapse_key, fewshot_key
-from analysis.crosstrial.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS, comparable_cdnv
+from analysis.crosstrial.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS
 from analysis.crosstrial.effects import effect_params, effect_targets, is_log_target, log_scaled
 from analysis.crosstrial.plotting import (
     Colours,
@@ -30,6 +30,7 @@ from analysis.crosstrial.plotting import (
     trend,
 )
 from analysis.crosstrial.runs import StudyRuns, describe
+from analysis.crosstrial.trends import comparable_cdnv
 
 EVALUATOR_NAME = {"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}
 SPLIT_TITLE = {"source_train": "source classes, train images",

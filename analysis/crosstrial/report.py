@@ -22,6 +22,7 @@ from analysis.crosstrial import bound_check as bound_mod
 from analysis.crosstrial import correlate as corr
 from analysis.crosstrial import effects as eff
 from analysis.crosstrial import figures as figs
+from analysis.crosstrial import trends as trend_mod
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.report_render import HEADLINE_X, ci_text, pval, render
 from analysis.crosstrial.runs import StudyRuns, describe, load_study
@@ -100,7 +101,7 @@ def analyze(study_name: str, tracking_uri: str | None = None, out_dir: Path | st
 
 def _tables(study: StudyRuns, *, n_boot: int, seed: int) -> dict[str, Any]:
     transfer = corr.primary_transfer(study)
-    trends, trend_summary = corr.within_trial_trends(study, transfer=transfer, n_boot=n_boot,
+    trends, trend_summary = trend_mod.within_trial_trends(study, transfer=transfer, n_boot=n_boot,
                                                      seed=seed)
     bt = bound_mod.bound_table(study)
     return {
@@ -110,7 +111,7 @@ def _tables(study: StudyRuns, *, n_boot: int, seed: int) -> dict[str, Any]:
         "correlations_epochs": corr.correlation_table(study, level="epoch",
                                                       n_boot=max(200, n_boot // 2), seed=seed),
         "within_trial": trends, "within_trial_summary": trend_summary,
-        "generalization": corr.generalization(study, n_boot=n_boot, seed=seed),
+        "generalization": trend_mod.generalization(study, n_boot=n_boot, seed=seed),
         "effects": eff.hyperparameter_effects(study, n_boot=n_boot, seed=seed),
         "per_value": eff.per_value_table(study),
         "importances": eff.importances(study, seed=seed),

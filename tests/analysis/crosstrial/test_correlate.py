@@ -18,10 +18,9 @@ from analysis.crosstrial.correlate import (
     cluster_weights,
     correlate,
     correlation_table,
-    generalization,
-    within_trial_trends,
 )
 from analysis.crosstrial.runs import StudyRuns, load_study
+from analysis.crosstrial.trends import generalization, within_trial_trends
 from tests.analysis.conftest import planted_study, synth_trial, write_study
 
 Y = "fewshot/5w5s/ncc/acc"
