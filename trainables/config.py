@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from analysis.contract import MetricSpec, all_names
+from analysis.contract import MetricSpec, all_names, is_shape, parse_shape
 
 
 class _Section(BaseModel):
@@ -103,6 +103,12 @@ class TrialConfig(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
+    @model_validator(mode="after")
+    def _episodes_fit_target(self) -> TrialConfig:
+        """Every episode shape fits the target split, checked before any trial starts."""
+        check_episodes_fit(self.dataset, self.evaluation)
+        return self
+
     def metric_spec(self) -> MetricSpec:
         """What this trial's evaluation measures, for the metric contract's name list."""
         ev = self.evaluation
@@ -132,6 +138,42 @@ class TrialConfig(BaseModel):
             section, field = owner[key]
             parts[section][field] = value
         return cls.model_validate(parts)
+
+
+def check_episodes_fit(data: DatasetConfig, ev: EvaluationConfig) -> None:
+    """An n-way k-shot episode with q queries needs n target classes of k + q images each.
+
+    Without this the episode bank fails inside the trial (after the data set is built), with a
+    message that names neither config field. Shapes that do not parse are left to the study
+    config's own check, which names them.
+
+    Raises:
+        ValueError: a shape with more ways than `dataset.num_target_classes`, or more shots plus
+            queries than `dataset.target_per_class`; the message names both fields.
+    """
+    parsed = {s: parse_shape(s) for s in ev.shapes if is_shape(s)}
+    if not parsed:
+        return
+    widest = max(parsed, key=lambda s: parsed[s][0])
+    n_way = parsed[widest][0]
+    if n_way > data.num_target_classes:
+        fits = [s for s, (n, _) in parsed.items() if n <= data.num_target_classes]
+        raise ValueError(
+            f"evaluation.shapes: '{widest}' draws {n_way} classes per episode but "
+            f"dataset.num_target_classes is {data.num_target_classes}; set "
+            f"dataset.num_target_classes to at least {n_way} or keep only shapes of at most "
+            f"{data.num_target_classes} ways in evaluation.shapes"
+            + (f" (here: {', '.join(fits)})" if fits else "")
+        )
+    most = max(parsed, key=lambda s: parsed[s][1])
+    need = parsed[most][1] + ev.queries
+    if need > data.target_per_class:
+        raise ValueError(
+            f"evaluation.shapes: '{most}' with evaluation.queries = {ev.queries} needs "
+            f"{parsed[most][1]} + {ev.queries} = {need} images of each target class but "
+            f"dataset.target_per_class is {data.target_per_class}; raise "
+            f"dataset.target_per_class to {need} or lower the shots or evaluation.queries"
+        )
 
 
 def flat_key_owner() -> dict[str, tuple[str, str]]:

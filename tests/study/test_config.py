@@ -57,6 +57,38 @@ def test_bad_config_is_one_clear_error(args, expected, tmp_path, capsys):
     assert not (root / "studies").exists()
 
 
+EPISODE_MISFITS = [
+    (["--set", "dataset.num_target_classes=3"],
+     "nctune: error: invalid config: evaluation.shapes: '5w1s' draws 5 classes per episode but "
+     "dataset.num_target_classes is 3; set dataset.num_target_classes to at least 5 or keep only "
+     "shapes of at most 3 ways in evaluation.shapes\n"),
+    (["--set", "evaluation.shapes=[3w1s,5w5s]", "--set", "dataset.num_target_classes=4"],
+     "nctune: error: invalid config: evaluation.shapes: '5w5s' draws 5 classes per episode but "
+     "dataset.num_target_classes is 4; set dataset.num_target_classes to at least 5 or keep only "
+     "shapes of at most 4 ways in evaluation.shapes (here: 3w1s)\n"),
+    (["--set", "dataset.target_per_class=10"],
+     "nctune: error: invalid config: evaluation.shapes: '5w5s' with evaluation.queries = 15 "
+     "needs 5 + 15 = 20 images of each target class but dataset.target_per_class is 10; raise "
+     "dataset.target_per_class to 20 or lower the shots or evaluation.queries\n"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), EPISODE_MISFITS,
+                         ids=["ways", "ways-some-fit", "shots"])
+def test_episodes_that_do_not_fit_the_target_split_are_one_config_error(args, expected,
+                                                                        tmp_path, capsys):
+    """The whole message, one line naming both fields: before, the episode bank failed inside
+    the run with 'n_way=5 but the labels hold only 3 classes', after the data set was built."""
+    root = tmp_path / "runs"
+    code = main(["run", "demo", "--set", f"storage.root={root}", *args])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err == expected
+    assert "Preparing data set" not in captured.out + captured.err
+    assert not ray.is_initialized()
+    assert not root.exists() or not any(root.iterdir())
+
+
 def test_unknown_preset_lists_the_presets(capsys):
     assert main(["run", "no-such-preset"]) == 2
     err = capsys.readouterr().err
