@@ -10,6 +10,7 @@ from analysis.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add `nctune analyze` to the CLI."""
     p = sub.add_parser(
         "analyze", help="correlate collapse with transfer across a study's trials; write a report",
         description="Load a study's runs from MLflow, correlate collapse (CDNV, NC1) with "
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """Write the study's analysis report and print its verdict and where it is."""
     from analysis.crosstrial.report import analyze
 
     report = analyze(args.name, args.tracking_uri, args.out, fmt=args.format,

@@ -107,6 +107,7 @@ def trials_per_node(res: TrialResources, node: NodeType) -> int:
 
 
 def worker_types(config: dict[str, Any]) -> list[NodeType]:
+    """The cluster file's worker node types that can start at least one node."""
     return [n for n in node_types(config) if not n.is_head and n.max_workers > 0]
 
 
@@ -137,6 +138,7 @@ def check_presets_fit(
 
 
 def default_presets() -> list[Path]:
+    """The presets shipped with nctune, which `nctune cluster check` fits against the cluster."""
     return sorted(PRESETS_DIR.glob("*.yaml"))
 
 
@@ -144,6 +146,7 @@ def default_presets() -> list[Path]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add `nctune cluster check` to the CLI."""
     p = sub.add_parser("cluster", help="work with the Ray cluster-launcher file (cluster.yaml)")
     actions = p.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
     c = actions.add_parser(
@@ -164,6 +167,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Check cluster.yaml as `ray up` would, and whether each preset's trials fit its worker nodes.
+    """
     raw = load_cluster_file(args.file)
     presets = [Path(p) for p in args.preset] if args.preset else default_presets()
     problems = check_cluster_config(raw)

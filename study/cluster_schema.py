@@ -81,6 +81,7 @@ def ray_schema() -> dict[str, Any]:
 
 
 def known_providers() -> list[str]:
+    """Node providers Ray's autoscaler knows (its default configs) plus 'external'."""
     from ray.autoscaler._private.providers import _DEFAULT_CONFIGS
 
     return sorted({*_DEFAULT_CONFIGS, "external"})

@@ -14,6 +14,7 @@ SPLIT_CHOICES = ("source_train", "source_test", "target")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add `nctune datasets list|show` to the CLI."""
     p = sub.add_parser("datasets", help="list the data sets, or draw samples of one",
                        description="Inspect the data sets trials train and evaluate on.")
     dsub = p.add_subparsers(dest="datasets_command", metavar="{list,show}")
@@ -35,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """A table of the registered data sets with their class counts and whether they are available
+    here."""
     from trainables.data import get_dataset_class, list_datasets
 
     rows = []
@@ -83,6 +86,8 @@ def grid_image(images: np.ndarray, labels: np.ndarray, classes: int, per_class: 
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """Draw a grid of sample images, one row per class, to a PNG: look at the data before training
+    on it."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -115,6 +115,8 @@ class GracefulStop:
         return self
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        """First SIGINT/SIGTERM: ask Tune to stop gracefully (it snapshots); a second one raises
+        KeyboardInterrupt."""
         tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN,
                                                                 None)
         if self.received is not None or not tune_listens:

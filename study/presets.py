@@ -14,6 +14,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 
 def list_presets() -> list[str]:
+    """Names of the presets that ship with nctune."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 

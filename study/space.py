@@ -63,6 +63,7 @@ class ParamSpec(BaseModel):
         return [self.low, self.high]
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution this spec searches."""
         lo, hi = self.low, self.high
         if self.type == "float":
             return optuna.distributions.FloatDistribution(lo, hi, step=self.step)  # type: ignore[arg-type]
@@ -100,8 +101,10 @@ def check_space(space: dict[str, ParamSpec], base: dict[str, Any], sampler: str)
 
 
 def optuna_space(space: dict[str, ParamSpec]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna distributions of the searched keys (fixed specs are not searched)."""
     return {k: spec.distribution() for k, spec in space.items() if spec.type != "fixed"}
 
 
 def fixed_values(space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Values of the fixed specs, which every trial receives as constants."""
     return {k: spec.value for k, spec in space.items() if spec.type == "fixed"}

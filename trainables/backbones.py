@@ -278,6 +278,7 @@ class Backbone(nn.Module):
         return feats, self.classifier(feats)
 
     def extra_repr(self) -> str:
+        """What print(model) shows: the backbone's name, width, stem and feature size."""
         return (
             f"name={self.name!r}, width={self.width}, small_stem={self.small_stem}, "
             f"feature_dim={self.feature_dim}"

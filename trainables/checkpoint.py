@@ -15,6 +15,8 @@ FILENAME = "trial.pt"
 
 
 def rng_states() -> dict[str, Any]:
+    """The torch (and CUDA) random states, saved with a checkpoint so a resumed trial draws what an
+    uninterrupted one would."""
     states: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -22,6 +24,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def save_checkpoint(state: dict[str, Any], folder: str | Path) -> Path:
+    """Write `state` plus the random states to `folder` (torch.save; loads stay weights_only)."""
     path = Path(folder) / FILENAME
     torch.save({**state, "rng": rng_states()}, path)
     return path

@@ -96,6 +96,7 @@ class WideBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation residual block: BN-ReLU-conv twice, plus the (projected) shortcut."""
         pre = F.relu(self.bn1(x))
         # As in the reference implementation, a projection shortcut sees the pre-activated input.
         skip = x if self.shortcut is None else self.shortcut(pre)
@@ -162,6 +163,8 @@ class WideResNet(_Head):
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled feature map of the last group, after the final BN-ReLU (timm's forward_features
+        contract)."""
         x = self.pool(self.conv1(x))
         return F.relu(self.bn(self.groups(x)))
 
@@ -190,6 +193,8 @@ class Res12Block(nn.Module):
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual branch plus shortcut, activation, then 2x2 max-pool, as in the few-shot
+        ResNet-12."""
         return self.pool(self.act(self.shortcut(x) + self.drop_path(self.branch(x))))
 
 
@@ -239,4 +244,5 @@ class ResNet12(_Head):
                 nn.init.kaiming_normal_(m.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled feature map after the four blocks (timm's forward_features contract)."""
         return self.blocks(x)

@@ -45,6 +45,8 @@ def pretrain(config: dict[str, Any]) -> None:
 
 
 def run_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: one trial from its flat config, on its CPU/GPU share,
+    resumed from Tune's checkpoint if there is one."""
     cfg = TrialConfig.from_flat(config)
     resources = trial_resources()
     share = None if resources is None else float(resources.get("GPU", 0.0))
@@ -62,6 +64,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def report_to_tune(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """Report one epoch's metrics to Tune, with a checkpoint of `state` when given (written to a
+    temporary folder Tune then persists)."""
     if state is None:
         tune.report(metrics)
         return
@@ -122,6 +126,7 @@ def limit_gpu_memory(device: torch.device, share: float | None) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, so that a trial's initial weights depend on its seed alone."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -166,10 +171,13 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """Everything a checkpoint must hold to continue exactly: model, optimizer, scheduler,
+        epoch."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch}
 
     def restore(self, folder: str) -> None:
+        """Load a checkpoint written by `state()` and continue from its epoch."""
         state = load_checkpoint(folder)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -183,6 +191,8 @@ class Trainer:
         return not np.isfinite(loss) or loss > 10 * np.log(self.num_classes)
 
     def fit(self, report: Any) -> None:
+        """Train the remaining epochs; evaluate every `eval_every` and at the last; report each
+        epoch (a diverged trial reports once and stops)."""
         cfg = self.cfg
         while self.epoch < cfg.training.epochs:
             self.epoch += 1
@@ -211,6 +221,8 @@ class Trainer:
         return gen.manual_seed(self.cfg.training.seed * 1_000_003 + self.epoch)
 
     def train_epoch(self) -> dict[str, float]:
+        """One pass over source-train in batches from the epoch's generator; loss and hits
+        accumulate on the device, synced once at the end."""
         cfg, split = self.cfg.training, self.data.source_train
         gen = self.epoch_generator()
         order = torch.randperm(len(split.labels), generator=gen, device=self.device)
@@ -236,6 +248,8 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor,
                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment, forward (bf16 autocast if asked), label-smoothed cross-entropy in float32, one
+        optimizer and scheduler step."""
         cfg = self.cfg.training
         x = self.augment(images, gen) if cfg.aug_strength > 0 else normalize(images)
         if cfg.channels_last:

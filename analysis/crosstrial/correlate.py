@@ -43,6 +43,8 @@ class Sample:
         self._ranks: dict[str, np.ndarray] = {}
 
     def ranks(self, which: str) -> np.ndarray:
+        """Weighted ranks of x, y or z, computed once per sample and cached (every rank method
+        reuses them)."""
         if which not in self._ranks:
             self._ranks[which] = weighted_ranks(getattr(self, which), self.w)
         return self._ranks[which]
@@ -62,6 +64,8 @@ METHODS: dict[str, Method] = {}
 
 def register_method(name: str, *, pvalue: Callable[..., float],
                     needs_control: bool = False) -> Callable[..., Callable[..., np.ndarray]]:
+    """Decorator: add a correlation method to METHODS with its p-value function and whether it needs
+    the control."""
     def deco(fn: Callable[[Sample], np.ndarray]) -> Callable[[Sample], np.ndarray]:
         METHODS[name] = Method(fn, pvalue, needs_control)
         return fn
@@ -133,6 +137,7 @@ def _spearman_p(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, r: float) ->
 
 @register_method("spearman", pvalue=_spearman_p)
 def spearman(s: Sample) -> np.ndarray:
+    """Spearman's rho: the weighted Pearson correlation of weighted ranks."""
     return weighted_pearson(s.ranks("x"), s.ranks("y"), s.w)
 
 
@@ -159,6 +164,8 @@ def kendall(smp: Sample) -> np.ndarray:
 @register_method("pearson_log",
                  pvalue=lambda x, y, z, r: float(stats.pearsonr(np.log10(x), y).pvalue))
 def pearson_log(s: Sample) -> np.ndarray:
+    """Pearson's r of log10(collapse) with transfer: collapse metrics vary on a multiplicative
+    scale."""
     return weighted_pearson(np.log10(s.x), s.y, s.w)
 
 

@@ -29,6 +29,7 @@ EVALUATORS: dict[str, Callable[[int], Any]] = {}
 
 
 def register_evaluator(name: str) -> Callable[[Callable[[int], Any]], Callable[[int], Any]]:
+    """Decorator: add an Optuna importance evaluator factory (seed -> evaluator) under `name`."""
     def deco(fn: Callable[[int], Any]) -> Callable[[int], Any]:
         EVALUATORS[name] = fn
         return fn
@@ -50,12 +51,16 @@ def _ped_anova(seed: int) -> Any:
 
 
 def create_evaluator(name: str, seed: int = 0) -> Any:
+    """A registered importance evaluator, seeded; an unknown name is a ValueError listing the known
+    ones."""
     if name not in EVALUATORS:
         raise ValueError(f"evaluator: {name!r} is not one of {sorted(EVALUATORS)}")
     return EVALUATORS[name](seed)
 
 
 def is_log_target(name: str) -> bool:
+    """Collapse statistics (CDNV and NC1 families) vary over orders of magnitude: plot and fit them
+    on a log scale."""
     return names.family_of(name) in ("cdnv", "cdnv_unbiased", "cdnv_dir", "nc1")
 
 

@@ -47,6 +47,8 @@ class Colours:
     cmap: Any = None
 
     def key(self, fig: Figure, axes: Any, shrink: float = 0.9) -> None:
+        """Draw the colour key: a legend for discrete values, a colour bar for a continuous
+        parameter."""
         if self.discrete is not None:
             handles = [Line2D([], [], marker="o", ls="", color=c, label=v)
                        for v, c in self.discrete.items()]
@@ -154,6 +156,7 @@ def trend(ax: Any, x: np.ndarray, y: np.ndarray, *, log_x: bool, log_y: bool = F
 
 
 def note(ax: Any, text: str, loc: str = "upper right") -> None:
+    """A small boxed text in a corner of the axes (sample sizes, caveats)."""
     xy = {"upper right": (0.98, 0.97, "right", "top"), "upper left": (0.02, 0.97, "left", "top"),
           "lower left": (0.02, 0.03, "left", "bottom"),
           "lower right": (0.98, 0.03, "right", "bottom")}[loc]

@@ -23,6 +23,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 def pval(p: float) -> str:
+    """A p-value as the report prints it: '< 0.001', three decimals, or 'n/a'."""
     return "n/a" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
@@ -146,6 +147,8 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render(fmt: str, study: StudyRuns, t: dict[str, Any], verdict: list[str],
             figures: list[dict[str, Any]], out: Path) -> str:
+    """Fill the HTML or Markdown template with the report's tables, verdict and figures; returns the
+    text written to `out`."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), keep_trailing_newline=True,

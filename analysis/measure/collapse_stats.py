@@ -126,10 +126,12 @@ class ClassStats:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes C (rows of `means`, absent classes included)."""
         return int(self.counts.shape[0])
 
     @property
     def dim(self) -> int:
+        """Feature dimension d."""
         return int(self.means.shape[1])
 
     @property
@@ -149,6 +151,7 @@ class ClassStats:
         return torch.where(self.valid, self.sq_dev / n.clamp(min=1.0), torch.nan)
 
     def to(self, device: torch.device | str) -> ClassStats:
+        """The same statistics on another device."""
         return ClassStats(self.counts.to(device), self.means.to(device), self.sq_dev.to(device),
                           None if self.scatter is None else self.scatter.to(device))
 

@@ -68,6 +68,7 @@ class FewShotResult:
 
     @property
     def episodes(self) -> int:
+        """Number of episodes evaluated."""
         return int(self.accuracies.numel())
 
 

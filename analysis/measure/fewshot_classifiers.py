@@ -124,6 +124,7 @@ class NCCL2(_NearestClassCentre):
     """NCC on L2-normalised features (SimpleShot's L2N)."""
 
     def transform(self, features: Tensor, center: Tensor | None) -> Tensor:
+        """L2-normalise each feature vector (no centring)."""
         return F.normalize(features, dim=1)
 
 
@@ -138,6 +139,7 @@ class NCCCentredL2(_NearestClassCentre):
     requires_center = True
 
     def transform(self, features: Tensor, center: Tensor | None) -> Tensor:
+        """Subtract the source-train centre, then L2-normalise (SimpleShot's CL2N)."""
         if center is None:  # evaluate_episodes checks first; this guards direct use
             raise InputError("classifier 'ncc' needs `center` (e.g. the source-train mean)")
         return F.normalize(features - center, dim=1)

@@ -62,6 +62,7 @@ class EpisodeBank:
 
     @property
     def device(self) -> torch.device:
+        """The device the bank's index tensors live on."""
         return self.support.device
 
     @cached_property

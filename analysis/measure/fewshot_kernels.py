@@ -61,6 +61,8 @@ class GramKernel:
         return cross, sqnorm
 
     def elements_per_episode(self, n_way: int, k_shot: int, q_query: int, dim: int) -> int:
+        """Temporary elements one episode needs: its Gram rows plus the (n, n q) score block (sizes
+        chunks)."""
         return n_way * self.num_items + n_way * n_way * q_query
 
 
@@ -75,14 +77,19 @@ class FeatureKernel:
         self.features = features
 
     def inner(self, a: Tensor, b: Tensor) -> Tensor:
+        """Batched inner products between the feature rows indexed by `a` and by `b`."""
         return torch.bmm(self.features[a], self.features[b].transpose(1, 2))
 
     def group_products(self, a: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """Per group, the sum of its feature rows, its inner products with rows `a`, and its squared
+        norm."""
         sums = self.features[groups].sum(dim=2)  # (B, G, d)
         cross = torch.bmm(sums, self.features[a].transpose(1, 2))
         return cross, (sums * sums).sum(dim=-1)
 
     def elements_per_episode(self, n_way: int, k_shot: int, q_query: int, dim: int) -> int:
+        """Temporary elements one episode needs: its gathered features plus the score block (sizes
+        chunks)."""
         return n_way * (k_shot + q_query) * dim + n_way * n_way * q_query
 
 

@@ -57,9 +57,12 @@ class LogisticProbe(FewShotClassifier):
     C = 1.0
 
     def transform(self, features: Tensor, center: Tensor | None) -> Tensor:
+        """L2-normalise features, as RFS does before its logistic probe."""
         return F.normalize(features, dim=1)
 
     def scores(self, kernel: Kernel, support: Tensor, query: Tensor) -> Tensor:
+        """Fit the multinomial logistic probe on each episode's support (in the span of the support)
+        and score its queries."""
         bsz, n_way, k_shot = support.shape
         sup = support.reshape(bsz, n_way * k_shot)
         qry = query.reshape(bsz, -1)
@@ -71,10 +74,13 @@ class LogisticProbe(FewShotClassifier):
     def kernel_costs(
         self, n_way: int, k_shot: int, q_query: int, num_items: int, dim: int
     ) -> tuple[int, int]:
+        """Cost estimates of the Gram and the gather routes, for this probe's support and query
+        products."""
         items, m = n_way * (k_shot + q_query), n_way * k_shot
         return (GATHER_WEIGHT + m) * items * dim, items * m
 
     def extra_elements(self, n_way: int, k_shot: int, q_query: int) -> int:
+        """Extra temporary elements per episode: the support Gram and the query-support products."""
         m = n_way * k_shot
         return m * m + n_way * q_query * m  # the support Gram and query-support products
 

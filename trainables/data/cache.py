@@ -61,6 +61,7 @@ def source_hash(*modules: ModuleType | str) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes: the cache's integrity check."""
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 

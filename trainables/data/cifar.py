@@ -156,27 +156,33 @@ class _Cifar100Split(Dataset):
 
 @register_dataset
 class CifarFS(_Cifar100Split):
+    """CIFAR-FS: CIFAR-100's classes split 64/16/20 as Bertinetto et al. (2019)."""
     name: ClassVar[str] = "cifar-fs"
     description: ClassVar[str] = "CIFAR-FS (Bertinetto et al. 2019), from CIFAR-100"
 
     def parts(self, fine_names: list[str], fine_to_coarse: dict[str, str]) -> dict[
         str, list[str]
     ]:
+        """The published CIFAR-FS class lists per part."""
         return {"train": CIFAR_FS_TRAIN, "val": CIFAR_FS_VAL, "test": CIFAR_FS_TEST}
 
     @classmethod
     def summary(cls) -> str:
+        """Classes in total (train/val/test), for `nctune datasets list`."""
         return "100 (64/16/20)"
 
 
 @register_dataset
 class FC100(_Cifar100Split):
+    """FC100: CIFAR-100 split by superclass 60/20/20 (Oreshkin et al. 2018), so target classes are
+    semantically far."""
     name: ClassVar[str] = "fc100"
     description: ClassVar[str] = "FC100 (Oreshkin et al. 2018), split by superclass, from CIFAR-100"
 
     def parts(self, fine_names: list[str], fine_to_coarse: dict[str, str]) -> dict[
         str, list[str]
     ]:
+        """Fine classes of the train, val and test superclasses."""
         by_super = {"train": FC100_TRAIN, "val": FC100_VAL, "test": FC100_TEST}
         missing = sorted(set().union(*by_super.values()) - set(fine_to_coarse.values()))
         if missing:
@@ -187,4 +193,5 @@ class FC100(_Cifar100Split):
 
     @classmethod
     def summary(cls) -> str:
+        """Classes in total (train/val/test), for `nctune datasets list`."""
         return "100 (60/20/20)"

@@ -25,12 +25,14 @@ class Digits(Dataset):
     description: ClassVar[str] = "scikit-learn's 8x8 handwritten digits, for smoke tests"
 
     def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data: scikit-learn's version (it ships the images)."""
         if self.cfg.root is not None:
             raise InputError(f"dataset.root: digits ships with scikit-learn and reads no files; "
                              f"got {self.cfg.root!r}; leave it unset (null)")
         return {"sklearn": sklearn.__version__}
 
     def catalog(self) -> Catalog:
+        """scikit-learn's 8x8 digits, scaled to 0-255 and resized: ten classes."""
         bunch = load_digits()
         # pixel values are 0..16 counts of set bits in 4x4 blocks of the original 32x32 scans
         images = np.round(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
@@ -50,4 +52,5 @@ class Digits(Dataset):
 
     @classmethod
     def summary(cls) -> str:
+        """Classes and images, for `nctune datasets list`."""
         return "10 (~180 images each)"

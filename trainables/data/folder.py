@@ -87,6 +87,7 @@ class ImageFolderSet(Dataset):
         return parts
 
     def fingerprint(self) -> dict[str, Any]:
+        """Sizes and times of every image (and the split file): a change rebuilds the cache."""
         root = require_root(self.cfg, LAYOUT)
         files = [f for fs in scan(root).values() for f in fs]
         out = {"files": stat_fingerprint(files)}
@@ -96,6 +97,7 @@ class ImageFolderSet(Dataset):
         return out
 
     def catalog(self) -> Catalog:
+        """One class per sub-folder of the root, parts from the split file in canonical mode."""
         root = require_root(self.cfg, LAYOUT)
         tree = scan(root)
         names = list(tree)

@@ -58,6 +58,7 @@ MARGIN = 0.04  # a glyph that would cross this border is shifted (or shrunk) to 
 
 
 def font_dir() -> Path:
+    """Where matplotlib keeps the TrueType fonts the glyphs are rendered from."""
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 

@@ -188,11 +188,13 @@ class Glyphs(Dataset):
     description: ClassVar[str] = "letters and digits rendered from matplotlib's fonts (default)"
 
     def blocks(self) -> int:
+        """Blocks of rendered images per class the configured split sizes need."""
         c = self.cfg
         need = max(c.source_train_per_class + c.source_test_per_class, c.target_per_class)
         return math.ceil(need / BLOCK)
 
     def fingerprint(self) -> dict[str, Any]:
+        """What identifies the generated set: generator version, image size, strength and blocks."""
         if self.cfg.root is not None:
             raise InputError(f"dataset.root: glyphs is generated and reads no files; got "
                              f"{self.cfg.root!r}; leave it unset (null)")
@@ -205,6 +207,7 @@ class Glyphs(Dataset):
                 "strength": float(self.cfg.data_strength)}
 
     def catalog(self) -> Catalog:
+        """Render (or load from the cache) the glyph blocks and group their images by class."""
         classes = glyph_classes()
         blocks = [glyph_block(seed=BASE_SEED, block=b, image_size=self.cfg.image_size,
                               strength=self.cfg.data_strength) for b in range(self.blocks())]
@@ -224,6 +227,7 @@ class Glyphs(Dataset):
 
     @classmethod
     def summary(cls) -> str:
+        """Classes in total, by script, for `nctune datasets list`."""
         classes = glyph_classes()
         src = sum(c.is_source_script for c in classes)
         return f"{len(classes)} ({src} Latin/Greek/Cyrillic + {len(classes) - src} other)"

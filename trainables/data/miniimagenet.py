@@ -38,6 +38,7 @@ LAYOUT = ("a folder with images/ (the .jpg files) and Ravi & Larochelle's train.
 
 
 def find_csvs(root: Path) -> dict[str, Path]:
+    """The train/val/test CSV files of the Ravi & Larochelle split, at the root or in split(s)/."""
     for base in (root, root / "split", root / "splits"):
         if all((base / f"{p}.csv").is_file() for p in PARTS):
             return {p: base / f"{p}.csv" for p in PARTS}
@@ -80,12 +81,14 @@ class MiniImageNet(Dataset):
         return root / "images", csvs
 
     def fingerprint(self) -> dict[str, Any]:
+        """Sizes and times of the CSVs and the image tree: a change rebuilds the cache."""
         images, csvs = self._files()
         # sizes and times of 60,000 files: a fraction of a second
         return {"csv": stat_fingerprint(list(csvs.values())), "images": tree_fingerprint(images),
                 "target_part": self.cfg.target_part}
 
     def catalog(self) -> Catalog:
+        """Classes and image files per the split CSVs, each class tagged with its part."""
         images, csvs = self._files()
         names: list[str] = []
         files: list[list[str]] = []
@@ -122,4 +125,5 @@ class MiniImageNet(Dataset):
 
     @classmethod
     def summary(cls) -> str:
+        """Classes in total (train/val/test), for `nctune datasets list`."""
         return "100 (64/16/20)"

@@ -104,11 +104,14 @@ class Omniglot(Dataset):
         return parts
 
     def fingerprint(self) -> dict[str, Any]:
+        """Sizes and times of the background/evaluation folders or zips."""
         parts = self._parts()
         return {part: stat_fingerprint([p]) if p.suffix == ".zip" else tree_fingerprint(p)
                 for part, p in sorted(parts.items())}
 
     def catalog(self) -> Catalog:
+        """One class per (alphabet, character), from folders or the official zips; background =
+        train part."""
         parts = self._parts()
         names: list[str] = []
         files: list[list[str]] = []
@@ -145,4 +148,5 @@ class Omniglot(Dataset):
 
     @classmethod
     def summary(cls) -> str:
+        """Classes in total (background/evaluation), for `nctune datasets list`."""
         return "1623 (964/659)"

@@ -46,6 +46,7 @@ class Split:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes in this split."""
         return len(self.class_names)
 
     def __len__(self) -> int:
