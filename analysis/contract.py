@@ -7,6 +7,7 @@ and the study analysis reads them (`analysis.crosstrial`). A name is built here 
     collapse_key("cdnv", "target")          -> "cdnv/target"
     fewshot_key("5w5s", "ncc")              -> "fewshot/5w5s/ncc/acc"
     bound_key("5w5s")                       -> "bound/5w5s"
+    bound_cantelli_key("5w5s")              -> "bound_cantelli/5w5s"
     layer_key("layer2", "cdnv", "target")   -> "layer/layer2/cdnv/target"
     layer_fewshot_key("layer2", "5w5s")     -> "layer/layer2/fewshot/5w5s/ncc/acc"
     transfer_key("logme")                   -> "transfer/logme/target"
@@ -55,6 +56,13 @@ LAYER_FAMILIES = ("cdnv", "cdnv_unbiased", "nc1", "erank")
 LAYER_PREFIX = "layer"
 
 TRANSFER_PREFIX = "transfer"
+# Transferability estimators on the target features (analysis.measure.transfer), logged as
+# transfer/<name>/target. NCTI is logged as its three per-model parts; the pooled NCTI is formed
+# across trials by the study analysis.
+ESTIMATORS = ("logme", "hscore", "leep", "nce", "gbc", "sfda", "ncti_seli", "ncti_ncc",
+              "ncti_vc", "knn")
+# The Cantelli bound / prediction on the NCC error (analysis.measure.bound), per episode shape.
+BOUND_CANTELLI_PREFIX = "bound_cantelli"
 PROBE_PREFIX = "probe"
 # Parent-run metrics written by the study analysis (analysis.crosstrial.report).
 ANALYSIS_PREFIX = "analysis"
@@ -111,6 +119,11 @@ def fewshot_key(shape: str, classifier: str, stat: str = "acc") -> str:
 def bound_key(shape: str) -> str:
     """`bound/5w5s`: the CDNV bound on the NCC error (analysis.measure.bound)."""
     return f"bound/{shape}"
+
+
+def bound_cantelli_key(shape: str) -> str:
+    """`bound_cantelli/5w5s`: the Cantelli bound on the NCC error (analysis.measure.bound)."""
+    return f"{BOUND_CANTELLI_PREFIX}/{shape}"
 
 
 def layer_key(tap: str, family: str, split: str) -> str:
@@ -180,7 +193,8 @@ def trial_metrics(spec: MetricSpec) -> dict[str, list[str]]:
         "collapse": [collapse_key(f, s) for f in COLLAPSE_FAMILIES for s in SPLITS],
         "fewshot": [fewshot_key(shape, clf, stat) for shape in spec.shapes
                     for clf in spec.classifiers for stat in FEWSHOT_STATS],
-        "bound": [bound_key(shape) for shape in spec.shapes],
+        "bound": [bound_key(shape) for shape in spec.shapes]
+                 + [bound_cantelli_key(shape) for shape in spec.shapes],
         "layers": [layer_key(check_name_part("evaluation.layers", tap), f, s)
                    for tap in spec.taps for f in LAYER_FAMILIES for s in spec.layer_splits]
                   + [layer_fewshot_key(tap, shape) for tap in spec.taps for shape in spec.shapes],

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analysis.contract import MetricSpec, all_names, is_shape, parse_shape
+from analysis.contract import ESTIMATORS, MetricSpec, all_names, is_shape, parse_shape
 
 
 class _Section(BaseModel):
@@ -83,6 +83,18 @@ class EvaluationConfig(_Section):
     classifiers: list[str] = Field(default_factory=lambda: ["ncc", "ncc_l2", "ncc_raw", "logreg"])
     probe_episodes: int = Field(200, ge=1)  # episodes the (slower) logistic probe sees
     episode_seed: int = 0
+    # Transferability estimators on the target features (analysis.measure.transfer), logged as
+    # transfer/<name>/target; all by default (together about a tenth of an evaluation).
+    estimators: list[str] = Field(default_factory=lambda: list(ESTIMATORS))
+
+    @field_validator("estimators")
+    @classmethod
+    def _known_estimators(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in ESTIMATORS]
+        if unknown:
+            raise ValueError(f"evaluation.estimators: {unknown} not known; choose from "
+                             f"{list(ESTIMATORS)} (or [] for none)")
+        return list(dict.fromkeys(value))
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -112,7 +124,8 @@ class TrialConfig(BaseModel):
     def metric_spec(self) -> MetricSpec:
         """What this trial's evaluation measures, for the metric contract's name list."""
         ev = self.evaluation
-        return MetricSpec(shapes=tuple(ev.shapes), classifiers=tuple(ev.classifiers))
+        return MetricSpec(shapes=tuple(ev.shapes), classifiers=tuple(ev.classifiers),
+                          estimators=tuple(ev.estimators))
 
     def metric_names(self) -> set[str]:
         """Every metric name a trial of this config reports (the contract's list)."""

@@ -22,6 +22,7 @@ from analysis.measure.fewshot import EpisodeBank, evaluate_episodes, sample_epis
 from trainables.augment import normalize
 from trainables.config import EvaluationConfig
 from trainables.data import DataSplits, Split
+from trainables.evaluate_transfer import transfer_and_bound
 from trainables.taps import TapRecorder, layer_metrics, model_taps, select_taps
 
 
@@ -148,6 +149,8 @@ def evaluate_target(tgt: Features, banks: dict[str, EpisodeBank], ev: Evaluation
         n_way, k_shot = parse_shape(shape)
         cdnv_target = out[names.collapse_key("cdnv", names.TARGET)]
         out[names.bound_key(shape)] = float(ncc_error_bound(cdnv_target, n_way, k_shot))
+    out.update(transfer_and_bound(tgt.features, tgt.labels, tgt.logits, ev.estimators, banks,
+                                  center))
     return out
 
 
