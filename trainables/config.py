@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analysis.contract import ESTIMATORS, MetricSpec, all_names, is_shape, parse_shape
+from analysis.contract import SOURCE_TEST, SOURCE_TRAIN, TARGET, MetricSpec, all_names
 
 
 class _Section(BaseModel):
@@ -83,18 +83,19 @@ class EvaluationConfig(_Section):
     classifiers: list[str] = Field(default_factory=lambda: ["ncc", "ncc_l2", "ncc_raw", "logreg"])
     probe_episodes: int = Field(200, ge=1)  # episodes the (slower) logistic probe sees
     episode_seed: int = 0
-    # Transferability estimators on the target features (analysis.measure.transfer), logged as
-    # transfer/<name>/target; all by default (together about a tenth of an evaluation).
-    estimators: list[str] = Field(default_factory=lambda: list(ESTIMATORS))
+    # Taps measured per layer (trainables.taps): "stages" = every stage of the backbone (timm's
+    # feature_info), "none" = the penultimate features only, or a list of tap names.
+    layers: Literal["stages", "none"] | list[str] = "stages"
+    layers_source_test: bool = False  # per-tap statistics on source_test too
 
-    @field_validator("estimators")
+    @field_validator("layers", mode="before")
     @classmethod
-    def _known_estimators(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in ESTIMATORS]
-        if unknown:
-            raise ValueError(f"evaluation.estimators: {unknown} not known; choose from "
-                             f"{list(ESTIMATORS)} (or [] for none)")
-        return list(dict.fromkeys(value))
+    def _layers_word(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("stages", "none"):
+            raise ValueError(f"evaluation.layers: {value!r} is not allowed; use 'stages' (every "
+                             "stage of the backbone), 'none' (the penultimate features only) or "
+                             "a list of tap names, e.g. [layer2, layer3]")
+        return value
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -116,16 +117,27 @@ class TrialConfig(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
-    def _episodes_fit_target(self) -> TrialConfig:
-        """Every episode shape fits the target split, checked before any trial starts."""
-        check_episodes_fit(self.dataset, self.evaluation)
+    def _taps_exist(self) -> TrialConfig:
+        if isinstance(self.evaluation.layers, list):  # names checked against the backbone
+            self.taps()
         return self
+
+    def taps(self) -> tuple[str, ...]:
+        """The backbone taps `evaluation.layers` selects, input to output (trainables.taps)."""
+        if self.evaluation.layers == "none":
+            return ()
+        from trainables.taps import backbone_taps, select_taps  # torch: only when needed
+
+        bb = self.backbone
+        return select_taps(self.evaluation.layers, backbone_taps(bb.name, bb.small_stem),
+                           bb.name)
 
     def metric_spec(self) -> MetricSpec:
         """What this trial's evaluation measures, for the metric contract's name list."""
         ev = self.evaluation
+        layer_splits = (SOURCE_TRAIN, *([SOURCE_TEST] if ev.layers_source_test else []), TARGET)
         return MetricSpec(shapes=tuple(ev.shapes), classifiers=tuple(ev.classifiers),
-                          estimators=tuple(ev.estimators))
+                          taps=self.taps(), layer_splits=layer_splits)
 
     def metric_names(self) -> set[str]:
         """Every metric name a trial of this config reports (the contract's list)."""
@@ -151,42 +163,6 @@ class TrialConfig(BaseModel):
             section, field = owner[key]
             parts[section][field] = value
         return cls.model_validate(parts)
-
-
-def check_episodes_fit(data: DatasetConfig, ev: EvaluationConfig) -> None:
-    """An n-way k-shot episode with q queries needs n target classes of k + q images each.
-
-    Without this the episode bank fails inside the trial (after the data set is built), with a
-    message that names neither config field. Shapes that do not parse are left to the study
-    config's own check, which names them.
-
-    Raises:
-        ValueError: a shape with more ways than `dataset.num_target_classes`, or more shots plus
-            queries than `dataset.target_per_class`; the message names both fields.
-    """
-    parsed = {s: parse_shape(s) for s in ev.shapes if is_shape(s)}
-    if not parsed:
-        return
-    widest = max(parsed, key=lambda s: parsed[s][0])
-    n_way = parsed[widest][0]
-    if n_way > data.num_target_classes:
-        fits = [s for s, (n, _) in parsed.items() if n <= data.num_target_classes]
-        raise ValueError(
-            f"evaluation.shapes: '{widest}' draws {n_way} classes per episode but "
-            f"dataset.num_target_classes is {data.num_target_classes}; set "
-            f"dataset.num_target_classes to at least {n_way} or keep only shapes of at most "
-            f"{data.num_target_classes} ways in evaluation.shapes"
-            + (f" (here: {', '.join(fits)})" if fits else "")
-        )
-    most = max(parsed, key=lambda s: parsed[s][1])
-    need = parsed[most][1] + ev.queries
-    if need > data.target_per_class:
-        raise ValueError(
-            f"evaluation.shapes: '{most}' with evaluation.queries = {ev.queries} needs "
-            f"{parsed[most][1]} + {ev.queries} = {need} images of each target class but "
-            f"dataset.target_per_class is {data.target_per_class}; raise "
-            f"dataset.target_per_class to {need} or lower the shots or evaluation.queries"
-        )
 
 
 def flat_key_owner() -> dict[str, tuple[str, str]]:
