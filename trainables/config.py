@@ -12,7 +12,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analysis.contract import SOURCE_TEST, SOURCE_TRAIN, TARGET, MetricSpec, all_names
+from analysis.contract import (
+    ESTIMATORS,
+    SOURCE_TEST,
+    SOURCE_TRAIN,
+    TARGET,
+    MetricSpec,
+    all_names,
+    is_shape,
+    parse_shape,
+)
 
 
 class _Section(BaseModel):
@@ -87,6 +96,18 @@ class EvaluationConfig(_Section):
     # feature_info), "none" = the penultimate features only, or a list of tap names.
     layers: Literal["stages", "none"] | list[str] = "stages"
     layers_source_test: bool = False  # per-tap statistics on source_test too
+    # Transferability estimators on the target features (analysis.measure.transfer), logged as
+    # transfer/<name>/target; all by default (together about a tenth of an evaluation).
+    estimators: list[str] = Field(default_factory=lambda: list(ESTIMATORS))
+
+    @field_validator("estimators")
+    @classmethod
+    def _known_estimators(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in ESTIMATORS]
+        if unknown:
+            raise ValueError(f"evaluation.estimators: {unknown} not known; choose from "
+                             f"{list(ESTIMATORS)} (or [] for none)")
+        return list(dict.fromkeys(value))
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -117,7 +138,9 @@ class TrialConfig(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
-    def _taps_exist(self) -> TrialConfig:
+    def _episodes_fit_target(self) -> TrialConfig:
+        """Every episode shape fits the target split, checked before any trial starts."""
+        check_episodes_fit(self.dataset, self.evaluation)
         if isinstance(self.evaluation.layers, list):  # names checked against the backbone
             self.taps()
         return self
@@ -137,7 +160,8 @@ class TrialConfig(BaseModel):
         ev = self.evaluation
         layer_splits = (SOURCE_TRAIN, *([SOURCE_TEST] if ev.layers_source_test else []), TARGET)
         return MetricSpec(shapes=tuple(ev.shapes), classifiers=tuple(ev.classifiers),
-                          taps=self.taps(), layer_splits=layer_splits)
+                          taps=self.taps(), layer_splits=layer_splits,
+                          estimators=tuple(ev.estimators))
 
     def metric_names(self) -> set[str]:
         """Every metric name a trial of this config reports (the contract's list)."""
@@ -163,6 +187,42 @@ class TrialConfig(BaseModel):
             section, field = owner[key]
             parts[section][field] = value
         return cls.model_validate(parts)
+
+
+def check_episodes_fit(data: DatasetConfig, ev: EvaluationConfig) -> None:
+    """An n-way k-shot episode with q queries needs n target classes of k + q images each.
+
+    Without this the episode bank fails inside the trial (after the data set is built), with a
+    message that names neither config field. Shapes that do not parse are left to the study
+    config's own check, which names them.
+
+    Raises:
+        ValueError: a shape with more ways than `dataset.num_target_classes`, or more shots plus
+            queries than `dataset.target_per_class`; the message names both fields.
+    """
+    parsed = {s: parse_shape(s) for s in ev.shapes if is_shape(s)}
+    if not parsed:
+        return
+    widest = max(parsed, key=lambda s: parsed[s][0])
+    n_way = parsed[widest][0]
+    if n_way > data.num_target_classes:
+        fits = [s for s, (n, _) in parsed.items() if n <= data.num_target_classes]
+        raise ValueError(
+            f"evaluation.shapes: '{widest}' draws {n_way} classes per episode but "
+            f"dataset.num_target_classes is {data.num_target_classes}; set "
+            f"dataset.num_target_classes to at least {n_way} or keep only shapes of at most "
+            f"{data.num_target_classes} ways in evaluation.shapes"
+            + (f" (here: {', '.join(fits)})" if fits else "")
+        )
+    most = max(parsed, key=lambda s: parsed[s][1])
+    need = parsed[most][1] + ev.queries
+    if need > data.target_per_class:
+        raise ValueError(
+            f"evaluation.shapes: '{most}' with evaluation.queries = {ev.queries} needs "
+            f"{parsed[most][1]} + {ev.queries} = {need} images of each target class but "
+            f"dataset.target_per_class is {data.target_per_class}; raise "
+            f"dataset.target_per_class to {need} or lower the shots or evaluation.queries"
+        )
 
 
 def flat_key_owner() -> dict[str, tuple[str, str]]:
