@@ -1,0 +1,261 @@
+"""Does collapse on the source classes predict transfer to a new domain? A probe's analysis.
+
+`nctune probe` logs `probe/<name>/<metric>` into each trial's run (step = the checkpoint's
+epoch). Here the study's usual question is asked twice across trials, side by side: with the
+in-domain few-shot accuracy (the study's own target classes) as the transfer target, and with
+the probe's few-shot accuracy on the new domain. Every predictor gets the Spearman correlation
+and the partial Spearman given source test accuracy, each with a 95% cluster-bootstrap interval
+over trials (`analysis.crosstrial.correlate.correlate`, the study report's own code path). A zoo
+of pretrained models has no source classes: only the probe side is asked there (collapse on
+the new domain against transfer to it, across models).
+
+Orientation: lower CDNV (more collapse) going with higher accuracy is a negative correlation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import contract
+from analysis.crosstrial import correlate as corr
+from analysis.crosstrial.probe_figures import md_table
+from analysis.crosstrial.runs import StudyRuns, describe, load_study
+from analysis.errors import InputError
+
+METHODS = ("spearman", "partial_spearman")
+# Source-side collapse: what the paper's question is about (measured before any probe).
+SOURCE_PREDICTORS = (contract.collapse_key("cdnv", contract.SOURCE_TRAIN),
+                     contract.collapse_key("cdnv", contract.SOURCE_TEST),
+                     contract.collapse_key("nc1", contract.SOURCE_TRAIN))
+IN_DOMAIN_TARGET_CDNV = contract.collapse_key("cdnv", contract.TARGET)
+HEADLINE = SOURCE_PREDICTORS[0]  # source-train CDNV
+
+
+@dataclass
+class ProbeReport:
+    """What `analyze_probe` produced: the report file, its verdict, the tables and metrics."""
+
+    path: Path
+    verdict: list[str]
+    table: pd.DataFrame
+    frame: pd.DataFrame
+    metrics: dict[str, float] = field(default_factory=dict)
+    log_error: str = ""
+
+
+def probe_transfer(frame: pd.DataFrame, name: str) -> str | None:
+    """The probe's few-shot accuracy column: 5w5s NCC if logged, else the first NCC shape."""
+    prefix = contract.probe_key(name, "")
+    cols = [c for c in frame.columns if c.startswith(prefix)
+            and contract.is_fewshot_acc(c[len(prefix):])]
+    best = contract.probe_key(name, contract.DEFAULT_SEARCH_METRIC)
+    if best in cols:
+        return best
+    ncc = sorted(c for c in cols if f"/{contract.PRIMARY_CLASSIFIER}/" in c)
+    return (ncc or sorted(cols) or [None])[0]
+
+
+def probe_frame(study: StudyRuns, name: str) -> pd.DataFrame:
+    """One row per probed trial at the last epoch it was probed at, with the trial's own
+    metrics at that epoch (NaN for a zoo model, which has none)."""
+    prefix = contract.probe_key(name, "")
+    cols = [c for c in study.history.columns if c.startswith(prefix)]
+    if not cols:
+        raise InputError(f"--probe: study {study.name!r} holds no probe {name!r}; probes there: "
+                         f"{', '.join(probe_names(study)) or 'none'} (run `nctune probe "
+                         f"{study.name} --target DATASET` first)")
+    h = study.history[study.history[cols].notna().any(axis=1)]
+    ok = study.trials[study.trials["status"].isin(["completed", "stopped"])]["trial_index"]
+    h = h[h["trial_index"].isin(ok)]
+    rows = h.sort_values("epoch").groupby("trial_index").tail(1)
+    meta = study.trials[["trial_index", "run_name"]]
+    return meta.merge(rows, on="trial_index").reset_index(drop=True)
+
+
+def probe_names(study: StudyRuns) -> list[str]:
+    """Probe names with metrics in this study."""
+    return sorted({c.split("/")[1] for c in study.history.columns
+                   if c.startswith(contract.PROBE_PREFIX + "/")})
+
+
+def correlation_rows(frame: pd.DataFrame, name: str, *, n_boot: int, seed: int) -> pd.DataFrame:
+    """Every (predictor, domain, method): Spearman and partial Spearman with 95% intervals."""
+    y_probe = probe_transfer(frame, name)
+    y_home = contract.DEFAULT_SEARCH_METRIC if contract.DEFAULT_SEARCH_METRIC in frame else None
+    control = frame[corr.CONTROL].to_numpy(float) if corr.CONTROL in frame else None
+    probe_collapse = [contract.probe_key(name, contract.collapse_key(f, contract.TARGET))
+                      for f in ("cdnv", "nc1")]
+    plan = [("in-domain", y_home, [*SOURCE_PREDICTORS, IN_DOMAIN_TARGET_CDNV]),
+            ("probe", y_probe, [*SOURCE_PREDICTORS, IN_DOMAIN_TARGET_CDNV, *probe_collapse,
+                                *([y_home] if y_home else [])])]
+    rows = []
+    for domain, y, predictors in plan:
+        if y is None or y not in frame:
+            continue
+        for x in predictors:
+            if x not in frame or frame[x].notna().sum() == 0:
+                continue
+            res = corr.correlate(frame[x].to_numpy(float), frame[y].to_numpy(float),
+                                 groups=frame["trial_index"].to_numpy(), control=control,
+                                 methods=METHODS, n_boot=n_boot, seed=seed)
+            rows += [{"domain": domain, "predictor": x, "transfer": y, **vars(e)}
+                     for e in res.values()]
+    return pd.DataFrame(rows, columns=["domain", "predictor", "transfer",
+                                       *corr.Estimate.__annotations__])
+
+
+def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per predictor: in-domain and probe estimates with intervals, next to each other."""
+    out: dict[str, dict[str, str]] = {}
+    for r in table.itertuples():
+        cell = corr.format_ci(r.estimate, r.ci_low, r.ci_high) + (f" (n={r.n_trials})")
+        label = {"spearman": "Spearman", "partial_spearman": "partial (given source acc)"}
+        out.setdefault(r.predictor, {})[f"{r.domain}: {label[r.method]}"] = cell
+    frame = pd.DataFrame.from_dict(out, orient="index").fillna("")
+    frame.index.name = "predictor"
+    return frame.reset_index()
+
+
+def pick(table: pd.DataFrame, domain: str, x: str, method: str = "spearman") -> pd.Series | None:
+    """The row of one estimate, or None."""
+    r = table[(table["domain"] == domain) & (table["predictor"] == x)
+              & (table["method"] == method)]
+    return r.iloc[0] if len(r) else None
+
+
+def clear(e: pd.Series | None) -> bool:
+    """A finite 95% interval that excludes 0 and p < 0.05."""
+    return e is not None and bool(np.isfinite(e.ci_low) and (e.ci_low > 0 or e.ci_high < 0)
+                                  and e.p_value < 0.05)
+
+
+def ci(e: pd.Series) -> str:
+    """`−0.81 [−0.92, −0.62], p = 0.003` (no interval: says how many trials there were)."""
+    text = corr.format_ci(e.estimate, e.ci_low, e.ci_high)
+    p = "n/a" if not np.isfinite(e.p_value) else ("< 0.001" if e.p_value < 0.001
+                                                  else f"= {e.p_value:.3f}")
+    extra = "" if np.isfinite(e.ci_low) else f", no interval with {e.n_trials} trials"
+    return f"{text}, p {p}{extra}"
+
+
+def verdict(frame: pd.DataFrame, table: pd.DataFrame, name: str, zoo: bool) -> list[str]:
+    """Plain-language answer: does collapse on the source classes predict transfer there?"""
+    y = probe_transfer(frame, name)
+    yname = f"{describe(y[len(contract.probe_key(name, '')):])} on '{name}'" if y else ""
+    n = len(frame)
+    out = []
+    if y is not None:
+        acc = frame[y].to_numpy(float)
+        out.append(f"{n} {'models' if zoo else 'trials'} probed; {yname}: mean "
+                   f"{np.nanmean(acc):.3f} (range {np.nanmin(acc):.3f} to {np.nanmax(acc):.3f}).")
+    if zoo:
+        e = pick(table, "probe", contract.probe_key(name, IN_DOMAIN_TARGET_CDNV))
+        if e is not None:
+            how = ("went with" if clear(e) else "showed no clear association with")
+            out.append(f"Across {n} models, CDNV on '{name}' {how} {yname}: Spearman {ci(e)}.")
+        return out or [f"No probe '{name}' results to analyse."]
+    home, away = pick(table, "in-domain", HEADLINE), pick(table, "probe", HEADLINE)
+    if away is None or not np.isfinite(away.estimate):
+        why = away.reason if away is not None else "no source-train CDNV or probe accuracy"
+        return [*out, f"No cross-domain correlation is reported: {why}."]
+    said = ("predicted" if clear(away) and away.estimate < 0 else
+            "ran against" if clear(away) else "did not clearly predict")
+    text = (f"Collapse on the source classes (source-train CDNV) {said} transfer to '{name}': "
+            f"Spearman with {yname} {ci(away)}")
+    if home is not None and np.isfinite(home.estimate):
+        text += f"; in-domain it was {ci(home)}"
+    out.append(text + " (95% intervals, bootstrap over trials; negative = more collapse, "
+               "better transfer).")
+    part = pick(table, "probe", HEADLINE, "partial_spearman")
+    if part is not None and np.isfinite(part.estimate):
+        out.append(f"At equal source test accuracy: partial Spearman {ci(part)}.")
+    for x, what in ((contract.probe_key(name, IN_DOMAIN_TARGET_CDNV), f"CDNV measured on "
+                     f"'{name}' itself"), (contract.DEFAULT_SEARCH_METRIC, "in-domain accuracy")):
+        e = pick(table, "probe", x)
+        if e is not None and np.isfinite(e.estimate):
+            out.append(f"{what[0].upper() + what[1:]} ranked the trials' transfer to '{name}' "
+                       f"with Spearman {ci(e)}.")
+    return out
+
+
+def analyze_probe(study_name: str, name: str, tracking_uri: str | None = None,
+                  out_dir: Path | str | None = None, *, experiment: str | None = None,
+                  n_boot: int = 2000, seed: int = 0, log_to_mlflow: bool = True) -> ProbeReport:
+    """Load the study, answer the cross-domain question, write report.md/.html, CSVs and the
+    figure into `out_dir`, and log them and the headline numbers to the parent run."""
+    from analysis.crosstrial.probe_figures import probe_figure, render_html
+
+    study = load_study(study_name, tracking_uri, experiment)
+    frame = probe_frame(study, name)
+    zoo = study.tags.get("nctune.kind") == "zoo"
+    out = Path(out_dir) if out_dir else (Path.cwd() / "nctune-runs" / "studies" / study_name
+                                         / "report" / f"probe-{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    table = correlation_rows(frame, name, n_boot=n_boot, seed=seed)
+    lines = verdict(frame, table, name, zoo)
+    table.to_csv(out / "correlations.csv", index=False)
+    frame.to_csv(out / "trials.csv", index=False)
+    figure = probe_figure(frame, name, probe_transfer(frame, name), out, zoo=zoo)
+    metrics = headline_metrics(table, name, len(frame))
+    (out / "summary.json").write_text(json.dumps({"study": study_name, "probe": name,
+                                                  "verdict": lines, "metrics": metrics},
+                                                 indent=2, allow_nan=False))
+    wide = side_by_side(table) if len(table) else pd.DataFrame()
+    md = render_markdown(study_name, name, lines, wide, frame, figure)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    path = out / "report.html"
+    path.write_text(render_html(md, figure), encoding="utf-8")
+    error = log_report(study, out, name, metrics) if log_to_mlflow else ""
+    return ProbeReport(path, lines, table, frame, metrics, error)
+
+
+def headline_metrics(table: pd.DataFrame, name: str, n: int) -> dict[str, float]:
+    """Parent-run metrics `analysis/probe/<name>/<method>/<domain>/<predictor slug>` (+ CI)."""
+    m = {contract.analysis_key("probe", name, "n_trials"): float(n)}
+    for r in table.itertuples():
+        slug = r.predictor.replace("/", "_")
+        for part, value in (("", r.estimate), ("_ci_low", r.ci_low), ("_ci_high", r.ci_high)):
+            m[contract.analysis_key("probe", name, r.method + part, r.domain, slug)] = value
+    return {k: float(v) for k, v in m.items() if v is not None and math.isfinite(v)}
+
+
+def render_markdown(study: str, name: str, lines: list[str], wide: pd.DataFrame,
+                    frame: pd.DataFrame, figure: Path | None) -> str:
+    """The report in Markdown: verdict, side-by-side table, the figure, the probed trials."""
+    keep = [c for c in frame.columns if c in ("run_name", "epoch", corr.CONTROL,
+                                              contract.DEFAULT_SEARCH_METRIC, HEADLINE)
+            or (c.startswith(contract.probe_key(name, "")) and
+                (c.endswith("/ncc/acc") or "/cdnv/" in c))]
+    parts = [f"# Probe '{name}' of study '{study}'", "", *[f"- {line}" for line in lines], "",
+             "## Does collapse predict transfer, in-domain and on the probe's domain?", "",
+             md_table(wide) if len(wide) else "(no correlations: too few trials)",
+             ""]
+    if figure is not None:
+        parts += [f"![probe figure](figures/{figure.name})", ""]
+    parts += ["## Probed trials", "", md_table(frame[keep]), ""]
+    return "\n".join(parts)
+
+
+def log_report(study: StudyRuns, folder: Path, name: str, metrics: dict[str, float]) -> str:
+    """Log the report folder and its numbers to the parent run; '' or the error."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=study.tracking_uri)
+    now = int(time.time() * 1000)
+    try:
+        client.log_batch(study.parent_run_id,
+                         metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        client.log_artifacts(study.parent_run_id, str(folder), f"analysis/probe-{name}")
+    except (MlflowException, OSError) as exc:
+        return f"could not log the probe report to run {study.parent_run_id}: {exc}"
+    return ""

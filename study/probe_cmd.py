@@ -1,0 +1,205 @@
+"""`nctune probe`: measure a study's checkpoints, or a zoo of timm models, on another domain.
+
+    nctune probe demo --target digits                 # every completed trial of study demo
+    nctune probe --models zoo.yaml --target digits    # timm models from local weights files
+
+Every check runs before anything is logged (exit 2 and one line on bad input); then each trial
+or model is a Ray task, a progress line shows how far it is, each result is logged as it comes
+(`probe/<name>/<metric>`, step = epoch), and the probe's report answers whether collapse on the
+source classes predicts transfer to the new domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from analysis import contract
+from analysis.errors import InputError
+
+DEFAULT_ROOT = "nctune-runs"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `nctune probe` to the CLI."""
+    p = sub.add_parser(
+        "probe", help="measure a study's checkpoints (or a zoo of timm models) on another data set",
+        description="Load every completed trial's checkpoint (or each zoo model's weights), "
+        "extract features of another data set's classes and measure collapse and few-shot "
+        "transfer there. Logged as probe/NAME/<metric> into each trial's own MLflow run "
+        "(step = epoch); a probe name is written once: the same name with other settings is "
+        "refused, with the same settings an interrupted probe is completed.")
+    p.add_argument("study", nargs="?", help="the study to probe (not with --models)")
+    p.add_argument("--target", required=True, help="data set to probe on (see `nctune datasets "
+                   "list`), e.g. digits")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="target option, e.g. --set dataset.target_per_class=30 (repeatable); "
+                   "default: every class, 20 images each, at the backbone's image size")
+    p.add_argument("--name", help="probe name in metric keys (default: the target's name)")
+    p.add_argument("--epochs", choices=["final", "all"], default="final",
+                   help="final: each trial's last checkpoint (default); all: every kept "
+                   "checkpoint of an evaluated epoch")
+    p.add_argument("--models", type=Path, help="a zoo YAML file: timm architectures with local "
+                   "weights files; creates a study of its own")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="storage root (default: nctune-runs)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store of a --models zoo "
+                   "(default: $MLFLOW_TRACKING_URI, else sqlite under --root)")
+    p.add_argument("--address", help="join a running Ray cluster (default: $RAY_ADDRESS, "
+                   "else a local Ray)")
+    p.add_argument("--no-report", action="store_true", help="skip the probe's report")
+    p.set_defaults(func=cmd_probe)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Dispatch to a study probe or a zoo probe."""
+    if (args.study is None) == (args.models is None):
+        raise InputError("probe: name a study (nctune probe STUDY --target D) or a zoo "
+                         "(nctune probe --models zoo.yaml --target D), not both or neither")
+    if args.models is not None:
+        from study.probe_zoo import probe_zoo
+
+        return probe_zoo(args)
+    return probe_study(args)
+
+
+def say(text: str = "") -> None:
+    """Print and flush: the lines a user watches while Ray works."""
+    print(text, flush=True)
+
+
+def open_study(name: str, root: str) -> tuple[Any, Any]:
+    """(StudyState, StudyConfig) of a study whose tracking store answers; one clear line when
+    there is no such study or its checkpoints are not on a file system here."""
+    from study.preflight import check_resumed_study
+    from study.state import StudyState, study_folder
+
+    folder = study_folder(name, root)
+    state = StudyState.load(folder)
+    if "://" in state.ray_path:
+        raise InputError(f"study {name!r}: its checkpoints are in {state.ray_path}; a probe "
+                         "reads them from a local or mounted folder (copy them there first)")
+    return state, check_resumed_study(folder, state)
+
+
+def probe_study(args: argparse.Namespace) -> int:
+    """Check everything, then probe every completed trial and log into its own run."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.crosstrial.runs import load_study
+    from study.probe_run import (
+        check_probe_name,
+        logged_steps,
+        prepare_target,
+        target_config,
+        trial_jobs,
+    )
+    from study.tuner import init_ray
+
+    state, cfg = open_study(args.study, args.root)
+    study = load_study(state.name, state.tracking_uri, state.experiment)
+    jobs, notes = trial_jobs(study, state.ray_path, args.epochs)
+    dataset, all_classes = target_config(args.target, args.overrides, cfg.dataset.image_size)
+    name = contract.check_name_part("--name", args.name or args.target)
+    target = prepare_target(name, dataset, all_classes, cfg.evaluation)
+    client = MlflowClient(state.tracking_uri)
+    settings = target.settings(args.epochs)
+    again = check_probe_name(client, state.parent_run_id, name, settings)
+    if again:  # complete an interrupted probe: never log a step twice
+        jobs = [j for j in (skip_logged(j, logged_steps(client, j.run_id, name))
+                            for j in jobs) if j.checkpoints]
+    say(header(state.name, name, target, jobs, args.epochs, again, notes))
+    if jobs:
+        record_probe(client, state.parent_run_id, name, settings, target)
+        init_ray(args.address)
+        failed = run_and_log(client, name, target, jobs)
+    else:
+        say(f"Every trial holds probe '{name}' already: nothing to probe.")
+        failed = []
+    if not args.no_report and len(failed) < len(jobs):
+        report(state.name, name, state.tracking_uri, state.experiment,
+               Path(args.root).expanduser().resolve() / "studies" / state.name / "report")
+    say(f"\nIn MLflow: probe/{name}/<metric> in each trial's run (step = epoch). "
+        f"Again: nctune analyze {shlex.quote(state.name)} --probe {name}")
+    return 1 if failed else 0
+
+
+def skip_logged(job: Any, steps: set[int]) -> Any:
+    """The job without the epochs its run already holds."""
+    from dataclasses import replace
+
+    return replace(job, checkpoints=[(e, f) for e, f in job.checkpoints if e not in steps])
+
+
+def header(study: str, name: str, target: Any, jobs: list[Any], epochs: str, again: bool,
+           notes: list[str]) -> str:
+    """What is about to run, and how the images are adapted to each kind of backbone."""
+    from study.probe_run import describe_target
+
+    n_ckpt = sum(len(j.checkpoints) for j in jobs)
+    lines = [f"Probe '{name}' of study '{study}': {len(jobs)} trials, {n_ckpt} checkpoints "
+             f"({epochs} epoch{'s' if epochs == 'all' else ''})"
+             + (" - completing an interrupted probe" if again else ""),
+             f"  target: {describe_target(target)}"]
+    lines += [f"  input: {text}" for text in adaptations(target, jobs)]
+    lines += [f"  note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def adaptations(target: Any, jobs: list[Any]) -> list[str]:
+    """`1 channel 16x16 -> as trained on (t001, t002)`: one line per kind of backbone input."""
+    from trainables.probe import in_channels, read_checkpoint
+    from trainables.probe_data import adapt_images
+
+    kinds: dict[str, list[str]] = {}
+    for job in jobs:
+        _, path = job.checkpoints[-1]
+        chans = (int(job.config["in_chans"]) if job.zoo
+                 else in_channels(read_checkpoint(path)["model"]))
+        _, text = adapt_images(target.split.images[:1], chans, int(job.config["image_size"]))
+        kinds.setdefault(text, []).append(job.label)
+    return [f"{text} ({', '.join(labels)})" for text, labels in kinds.items()]
+
+
+def record_probe(client: Any, parent_run_id: str, name: str, settings: dict[str, Any],
+                 target: Any) -> None:
+    """The probe's settings as a parent-run tag (compared on a rerun) and its manifest."""
+    from study.probe_run import TAG
+    from study.tracking import retry
+
+    retry(lambda: client.set_tag(parent_run_id, TAG + name, json.dumps(settings)))
+    manifest = {**target.manifest, "episode_banks": target.bank_hashes()}
+    retry(lambda: client.log_text(parent_run_id, json.dumps(manifest, indent=2, default=str),
+                                  f"probes/{name}/manifest.json"))
+
+
+def run_and_log(client: Any, name: str, target: Any, jobs: list[Any]) -> list[str]:
+    """Run the tasks; log each result into its run as it arrives; the labels that failed."""
+    from study.probe_jobs import ProbeProgress, run_jobs
+    from study.probe_run import PRIMARY, TAG, log_result
+    from study.tracking import retry
+
+    runs = {j.label: j.run_id for j in jobs}
+    progress = ProbeProgress(len(jobs), PRIMARY, shown_as=contract.probe_key(name, PRIMARY))
+    failed = []
+    for label, error in run_jobs(jobs, target.split, target.banks, target.evaluation, progress,
+                                 lambda r: log_result(client, runs[r.label], name, r)):
+        failed.append(label)
+        retry(partial(client.set_tag, runs[label], TAG + name, f"failed: {error}"))
+    say(f"Probed {len(jobs) - len(failed)} of {len(jobs)}"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return failed
+
+
+def report(study: str, name: str, uri: str, experiment: str, folder: Path) -> None:
+    """The probe's report: its verdict lines and where the file is."""
+    from analysis.crosstrial.probe_report import analyze_probe
+
+    rep = analyze_probe(study, name, uri, folder / f"probe-{name}", experiment=experiment)
+    say("")
+    for line in rep.verdict:
+        say(f"  {line}")
+    say(f"Report: {rep.path}")

@@ -1,0 +1,216 @@
+"""`nctune probe STUDY --target DATASET`: a study's trained backbones measured on another domain.
+
+Reading order: checks (nothing is logged until every one passed: the study, its checkpoints,
+each checkpoint loads as plain tensors, the target data set, its episode bank, the probe
+name), then the Ray tasks with a progress line, each result logged into its trial's own child
+run as `probe/<name>/<metric>` (step = the checkpoint's epoch), then the probe's report.
+
+A probe name is written once. MLflow cannot delete a logged metric, so the same name with other
+settings (another target, other images, another episode bank) is refused; the same name with
+the same settings completes what an interrupted probe left (steps already in a run are
+skipped), so no step is ever logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from analysis import contract
+from analysis.errors import InputError
+from trainables.config import DatasetConfig, EvaluationConfig
+from trainables.data import Split
+from trainables.evaluate import build_banks
+from trainables.probe import ProbeJob, ProbeResult, read_checkpoint
+from trainables.probe_data import load_target
+
+PRIMARY = contract.DEFAULT_SEARCH_METRIC  # fewshot/5w5s/ncc/acc: the transfer target
+TAG = "nctune.probe."  # + name: on the parent, the probe's settings; on a child, its status
+
+
+@dataclass
+class ProbeTarget:
+    """The probe's data, built once on the driver and shared by every task."""
+
+    name: str
+    split: Split
+    manifest: dict[str, Any]
+    banks: dict[str, Any]
+    evaluation: EvaluationConfig
+
+    def bank_hashes(self) -> dict[str, str]:
+        """Shape -> episode bank hash: every job of this probe uses these episodes."""
+        return {shape: bank.hash for shape, bank in self.banks.items()}
+
+    def settings(self, epochs: str) -> dict[str, Any]:
+        """What identifies the probe: stored on the parent run, compared on a rerun."""
+        m = self.manifest
+        return {"dataset": m["dataset"], "classes": m["classes"], "per_class": m["per_class"],
+                "image_size": m["image_size"], "content_hash": m["content_hash"],
+                "episode_banks": self.bank_hashes(), "epochs": epochs}
+
+
+def target_config(dataset: str, overrides: list[str], image_size: int) -> tuple[
+        DatasetConfig, bool]:
+    """The target's DatasetConfig from `--target` and `--set dataset.k=v`; and whether every
+    class is probed (num_target_classes not set). The image size defaults to the backbone's."""
+    from study.config import parse_override
+
+    fields: dict[str, Any] = {"name": dataset}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) != 2 or path[0] != "dataset":
+            raise InputError(f"--set {text}: a probe sets only dataset.<field>; known: "
+                             f"{', '.join(sorted(DatasetConfig.model_fields))}")
+        fields[path[1]] = value
+    fields.setdefault("image_size", image_size)
+    from trainables.data import list_datasets
+
+    if dataset not in list_datasets():
+        raise InputError(f"--target: {dataset!r} is not a known data set; known: "
+                         f"{', '.join(list_datasets())}")
+    try:
+        cfg = DatasetConfig.model_validate(fields)
+    except ValidationError as exc:  # name the field and the value, as `nctune run` does
+        from study.config import explain_error
+
+        lines = [explain_error({**e, "loc": ("dataset", *e["loc"])}) for e in exc.errors()]
+        raise InputError("--set: " + "; ".join(lines)) from None
+    return cfg, "num_target_classes" not in fields
+
+
+def prepare_target(name: str, dataset: DatasetConfig, all_classes: bool,
+                   ev: EvaluationConfig) -> ProbeTarget:
+    """Load the target and draw the probe's episode bank.
+
+    Raises:
+        InputError: bad data set options, or fewer classes (or images) than the largest episode
+            shape needs.
+    """
+    split, manifest = load_target(dataset, all_classes=all_classes)
+    shapes = {s: contract.parse_shape(s) for s in ev.shapes}
+    widest = max(shapes.items(), key=lambda kv: kv[1][0])
+    if split.num_classes < widest[1][0]:
+        raise InputError(f"--target {dataset.name}: {split.num_classes} classes, fewer than "
+                         f"the {widest[1][0]} ways of evaluation.shapes {widest[0]}; probe a "
+                         "data set with more classes (or set dataset.num_target_classes higher)")
+    needed = max(k for _, k in shapes.values()) + ev.queries
+    if dataset.target_per_class < needed:
+        raise InputError(f"dataset.target_per_class: {dataset.target_per_class} images per "
+                         f"class, but an episode takes up to {needed} (k shots + "
+                         f"{ev.queries} queries); set at least {needed}")
+    return ProbeTarget(name, split, manifest, build_banks(split, ev), ev)
+
+
+def describe_target(t: ProbeTarget) -> str:
+    """`digits: 10 classes x 20 images, 1 channel 16x16, episode banks 5w1s=ab12.., ...`."""
+    m = t.manifest
+    banks = ", ".join(f"{s}={h}" for s, h in t.bank_hashes().items())
+    chan = "1 channel" if m["channels"] == 1 else f"{m['channels']} channels"
+    return (f"{m['dataset']}: {m['classes']} classes x {m['per_class']} images, {chan} "
+            f"{m['image_size']}x{m['image_size']}; episode banks {banks}")
+
+
+# ---- the study's trials and checkpoints -----------------------------------------------------
+def trial_folder(ray_path: str, study: str, trial_id: str) -> Path:
+    """Where Tune keeps a trial's checkpoints (study.tuner names trial folders t<trial_id>)."""
+    return Path(ray_path) / study / f"t{trial_id}"
+
+
+def checkpoints_of(folder: Path, epochs: str, eval_every: int, planned: int) -> list[
+        tuple[int, str]]:
+    """(epoch, trial.pt) of the checkpoints to probe, each read once (weights_only) to check it.
+
+    `final`: the newest; `all`: every kept checkpoint of an evaluated epoch.
+
+    Raises:
+        InputError: a checkpoint that does not load as plain tensors.
+    """
+    found = []
+    for file in sorted(folder.glob("checkpoint_*/trial.pt")):
+        state = read_checkpoint(file)
+        found.append((int(state["epoch"]), str(file)))
+    found.sort()
+    if epochs == "final":
+        return found[-1:]
+    return [(e, f) for e, f in found if e % eval_every == 0 or e == planned]
+
+
+def trial_jobs(study: Any, ray_path: str, epochs: str) -> tuple[list[ProbeJob], list[str]]:
+    """A job per completed trial with checkpoints; and notes on the trials left out.
+
+    Raises:
+        InputError: no completed trial has a checkpoint on this machine.
+    """
+    jobs, notes = [], []
+    for row in study.trials.itertuples():
+        if row.status != "completed":
+            notes.append(f"{row.run_name}: left out (status {row.status})")
+            continue
+        folder = trial_folder(ray_path, study.name, row.trial_id)
+        params = folder / "params.json"
+        if not params.is_file():
+            notes.append(f"{row.run_name}: left out (no trial folder {folder})")
+            continue
+        config = json.loads(params.read_text())
+        every, planned = int(config.get("eval_every", 1)), int(config.get("epochs", 0))
+        chosen = checkpoints_of(folder, epochs, every, planned)
+        if not chosen:
+            notes.append(f"{row.run_name}: left out (no checkpoint kept in {folder})")
+            continue
+        jobs.append(ProbeJob(label=row.run_name.split()[0], checkpoints=chosen, config=config,
+                             run_id=row.run_id))
+    if not jobs:
+        raise InputError(f"study {study.name!r}: no completed trial has a checkpoint under "
+                         f"{Path(ray_path) / study.name}; "
+                         + ("; ".join(notes) if notes else "it has no trials"))
+    return jobs, notes
+
+
+# ---- MLflow ---------------------------------------------------------------------------------
+def check_probe_name(client: Any, parent_run_id: str, name: str,
+                     settings: dict[str, Any]) -> bool:
+    """False for a new probe name, True when it exists with the same settings (complete it).
+
+    Raises:
+        InputError: the name exists with other settings (it is never overwritten).
+    """
+    stored = client.get_run(parent_run_id).data.tags.get(TAG + name)
+    if stored is None:
+        return False
+    if json.loads(stored) != json.loads(json.dumps(settings)):
+        raise InputError(f"--name: probe {name!r} exists already in this study with other "
+                         f"settings ({stored}); a probe is never overwritten (MLflow cannot "
+                         "delete logged metrics): choose another --name")
+    return True
+
+
+def logged_steps(client: Any, run_id: str, name: str) -> set[int]:
+    """Epochs a run holds for this probe already (read from MLflow, the record of truth)."""
+    key = contract.probe_key(name, contract.collapse_key("cdnv", contract.TARGET))
+    return {int(m.step) for m in client.get_metric_history(run_id, key)}
+
+
+def log_result(client: Any, run_id: str, name: str, result: ProbeResult) -> None:
+    """The result's metrics as probe/<name>/<metric> at step = epoch, and the run's probe tag."""
+    import math
+
+    from mlflow.entities import Metric, RunTag
+
+    from study.tracking import retry
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(contract.probe_key(name, key), float(value), now, epoch)
+               for epoch, values in sorted(result.metrics.items())
+               for key, value in values.items() if math.isfinite(value)]
+    for i in range(0, len(metrics), 1000):
+        batch = metrics[i:i + 1000]
+        retry(partial(client.log_batch, run_id, metrics=batch))
+    tags = [RunTag(TAG + name, f"done: {result.adaptation}")]
+    retry(lambda: client.log_batch(run_id, tags=tags))
