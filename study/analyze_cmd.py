@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: nctune)")
     p.add_argument("--out", default=None, type=Path,
                    help="output folder (default: nctune-runs/studies/NAME/report/)")
+    p.add_argument("--probe", default=None, metavar="PROBE",
+                   help="answer the question for a probe (`nctune probe`): its few-shot "
+                        "accuracy on the new domain as the transfer target, side by side with "
+                        "the in-domain answer (report in .../report/probe-PROBE/)")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -33,6 +37,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Write the study's analysis report and print its verdict and where it is."""
     from analysis.crosstrial.report import analyze
 
+    if args.probe is not None:
+        return cmd_analyze_probe(args)
     report = analyze(args.name, args.tracking_uri, args.out, fmt=args.format,
                      experiment=args.experiment)
     for line in report.verdict:
@@ -44,4 +50,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         # The report is written (it says why); the command still fails so scripts notice.
         raise InputError(f"study {args.name!r}: no correlation: {report.too_few}; "
                          f"see {report.path}")
+    return 0
+
+
+def cmd_analyze_probe(args: argparse.Namespace) -> int:
+    """The probe's report: does collapse on the source classes predict transfer there?"""
+    from analysis.contract import check_name_part
+    from analysis.crosstrial.probe_report import analyze_probe
+
+    name = check_name_part("--probe", args.probe)
+    rep = analyze_probe(args.name, name, args.tracking_uri,
+                        args.out / f"probe-{name}" if args.out else None,
+                        experiment=args.experiment)
+    for line in rep.verdict:
+        print(f"  {line}")
+    print(f"report: {rep.path}")
+    if rep.log_error:
+        print(f"nctune: warning: {rep.log_error}", file=sys.stderr)
     return 0

@@ -58,7 +58,9 @@ def draw_panel(ax: Any, frame: pd.DataFrame, x: str, y: str, xlabel: str, title:
     xs, ys = f[x].to_numpy(float) if len(f) else np.zeros(0), 100 * f[y].to_numpy(float) \
         if len(f) else np.zeros(0)
     a.scatter(xs, ys, s=45, color="tab:blue", edgecolors="black", linewidths=0.5, zorder=3)
-    for xi, yi, label in zip(xs, ys, f["run_name"].astype(str).str.split().str[0], strict=True):
+    names = f["run_name"].astype(str)  # `t003 wd=1e-4 ...`: its index; `m002 cnx`: whole
+    labels = names.where(names.str.len() <= 16, names.str.split().str[0])
+    for xi, yi, label in zip(xs, ys, labels, strict=True):
         a.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
     if len(f) and (xs > 0).all():
         trend(a, xs, ys, log_x=True)

@@ -103,7 +103,8 @@ def correlation_rows(frame: pd.DataFrame, name: str, *, n_boot: int, seed: int) 
                 continue
             res = corr.correlate(frame[x].to_numpy(float), frame[y].to_numpy(float),
                                  groups=frame["trial_index"].to_numpy(), control=control,
-                                 methods=METHODS, n_boot=n_boot, seed=seed)
+                                 methods=METHODS if control is not None else METHODS[:1],
+                                 n_boot=n_boot, seed=seed)
             rows += [{"domain": domain, "predictor": x, "transfer": y, **vars(e)}
                      for e in res.values()]
     return pd.DataFrame(rows, columns=["domain", "predictor", "transfer",
@@ -135,12 +136,12 @@ def clear(e: pd.Series | None) -> bool:
                                   and e.p_value < 0.05)
 
 
-def ci(e: pd.Series) -> str:
+def ci(e: pd.Series, unit: str = "trials") -> str:
     """`−0.81 [−0.92, −0.62], p = 0.003` (no interval: says how many trials there were)."""
     text = corr.format_ci(e.estimate, e.ci_low, e.ci_high)
     p = "n/a" if not np.isfinite(e.p_value) else ("< 0.001" if e.p_value < 0.001
                                                   else f"= {e.p_value:.3f}")
-    extra = "" if np.isfinite(e.ci_low) else f", no interval with {e.n_trials} trials"
+    extra = "" if np.isfinite(e.ci_low) else f", no interval with {e.n_trials} {unit}"
     return f"{text}, p {p}{extra}"
 
 
@@ -158,7 +159,8 @@ def verdict(frame: pd.DataFrame, table: pd.DataFrame, name: str, zoo: bool) -> l
         e = pick(table, "probe", contract.probe_key(name, IN_DOMAIN_TARGET_CDNV))
         if e is not None:
             how = ("went with" if clear(e) else "showed no clear association with")
-            out.append(f"Across {n} models, CDNV on '{name}' {how} {yname}: Spearman {ci(e)}.")
+            out.append(f"Across {n} models, CDNV on '{name}' {how} {yname}: Spearman "
+                       f"{ci(e, 'models')}.")
         return out or [f"No probe '{name}' results to analyse."]
     home, away = pick(table, "in-domain", HEADLINE), pick(table, "probe", HEADLINE)
     if away is None or not np.isfinite(away.estimate):
