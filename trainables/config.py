@@ -79,6 +79,10 @@ class TrainingConfig(_Section):
     amp: bool = False  # bf16 autocast
     channels_last: bool = False
     compile: bool = False
+    # Checkpoints kept per trial for `nctune probe`: "final" keeps Tune's newest two (the final
+    # one always among them); "evaluated" keeps every epoch's. Default "final": a paper preset's
+    # checkpoint is ~100 MB (weights + momentum), x epochs x trials is tens of GB per study.
+    keep_checkpoints: Literal["final", "evaluated"] = "final"
 
 
 class EvaluationConfig(_Section):
