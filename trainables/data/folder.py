@@ -28,6 +28,7 @@ from trainables.data.registry import (
     register_dataset,
     require_root,
     stat_fingerprint,
+    walk_files,
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
@@ -41,8 +42,8 @@ def scan(root: Path) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith("."):
-            files = sorted(Path(d) / f for d, _, fs in os.walk(entry.path) for f in fs
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            files = [f for f in walk_files(Path(entry.path))
+                     if f.name.lower().endswith(IMAGE_EXTENSIONS)]
             if files:
                 classes[entry.name] = files
     if len(classes) < 2:

@@ -15,7 +15,6 @@ train part, target classes from `dataset.target_part`.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +29,7 @@ from trainables.data.registry import (
     require_root,
     stat_fingerprint,
     tree_fingerprint,
+    walk_files,
 )
 
 PARTS = ("train", "val", "test")
@@ -101,8 +101,7 @@ class MiniImageNet(Dataset):
                 names.append(wnid)
                 files.append(members)
                 part_of.append(part)
-        present = {(Path(d) / f).relative_to(images).as_posix()
-                   for d, _, fs in os.walk(images) for f in fs}
+        present = {f.relative_to(images).as_posix() for f in walk_files(images)}
         absent = [f for fs in files for f in fs if f not in present]
         if absent:
             raise InputError(f"dataset.root: {len(absent)} images named in the split CSVs are "

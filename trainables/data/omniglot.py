@@ -28,6 +28,7 @@ from trainables.data.registry import (
     require_root,
     stat_fingerprint,
     tree_fingerprint,
+    walk_files,
 )
 
 PARTS = ("images_background", "images_evaluation")  # canonical source, target
@@ -73,7 +74,7 @@ def list_part(part: str, path: Path) -> dict[str, list[str]]:
         except zipfile.BadZipFile as exc:
             raise InputError(f"dataset.root: {path} is not a readable zip file ({exc})") from None
         return _members_from_names(part, names, path)
-    names = [f"{part}/{p.relative_to(path).as_posix()}" for p in path.rglob("*") if p.is_file()]
+    names = [f"{part}/{p.relative_to(path).as_posix()}" for p in walk_files(path)]
     return _members_from_names(part, names, path)
 
 

@@ -147,5 +147,43 @@ def stat_fingerprint(paths: list[Path]) -> str:
 
 def tree_fingerprint(root: Path) -> str:
     """`stat_fingerprint` of every file under `root` (a walk; fine for ~1e5 files)."""
-    files = [Path(d) / f for d, _, fs in os.walk(root) for f in fs]
-    return stat_fingerprint(files)
+    return stat_fingerprint(walk_files(root))
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file under `root`, following symbolic links to folders and files, sorted.
+
+    The one folder walk of the loaders: users link data sets into place (a class or alphabet
+    folder that is a link to another disk), and Python 3.11's `Path.rglob` and `os.walk` (by
+    default) do not descend into linked folders, so such a tree would read as empty. Paths are
+    spelled as reached from `root` (through the links, not resolved), so `relative_to(root)`
+    gives the layout's names. A linked folder that is one of its own ancestors (a link cycle)
+    is not entered again; a folder reached by two different links is walked under each.
+    Broken links and other non-files are left out.
+
+    Raises:
+        InputError: a folder under `root` cannot be read (naming it and the reason).
+    """
+    found: list[Path] = []
+    stack = [(os.fspath(root), frozenset({_identity(os.stat(root))}))]
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise InputError(f"dataset.root: cannot read the folder {folder} "
+                             f"({exc.strerror or exc})") from None
+        for entry in entries:
+            if entry.is_dir():  # follows links
+                identity = _identity(entry.stat())
+                if identity not in ancestors:
+                    stack.append((entry.path, ancestors | {identity}))
+            elif entry.is_file():
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """A folder's (device, inode): the same for every link that leads to it."""
+    return st.st_dev, st.st_ino
