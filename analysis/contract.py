@@ -236,3 +236,14 @@ def is_collapse(name: str) -> bool:
     return len(parts) == 2 and parts[0] in COLLAPSE_FAMILIES and parts[1] in SPLITS
 
 
+
+
+def layer_taps(names_: Iterable[str], family: str = "cdnv", split: str = TARGET) -> list[str]:
+    """The taps that have `layer/<tap>/<family>/<split>` among `names_`, in order of first
+    appearance (the study analysis orders them by depth itself)."""
+    out: dict[str, None] = {}
+    for name in names_:
+        parts = name.split("/")
+        if len(parts) == 4 and parts[0] == LAYER_PREFIX and parts[2:] == [family, split]:
+            out[parts[1]] = None
+    return list(out)

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.contract import CDNV_TARGET, collapse_key, fewshot_key
 from analysis.crosstrial.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS
 from analysis.crosstrial.effects import effect_params, effect_targets, is_log_target, log_scaled
+from analysis.crosstrial.layers import layer_figures
 from analysis.crosstrial.plotting import (
     Colours,
     colours,
@@ -315,6 +316,7 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
     if t["importances"]["param"].notna().any():
         made.append(("importances", "Optuna parameter importances for target CDNV and for "
                      "few-shot accuracy.", importance_bars(t["importances"])))
+    made += layer_figures(final, hist, y)
     out = []
     for stem, caption, fig in made:
         paths = save_figure(fig, folder, stem)

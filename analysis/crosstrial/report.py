@@ -22,6 +22,7 @@ from analysis.crosstrial import bound_check as bound_mod
 from analysis.crosstrial import correlate as corr
 from analysis.crosstrial import effects as eff
 from analysis.crosstrial import figures as figs
+from analysis.crosstrial import layers as layer_mod
 from analysis.crosstrial import trends as trend_mod
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.report_render import HEADLINE_X, ci_text, pval, render
@@ -104,6 +105,7 @@ def _tables(study: StudyRuns, *, n_boot: int, seed: int) -> dict[str, Any]:
     trends, trend_summary = trend_mod.within_trial_trends(study, transfer=transfer, n_boot=n_boot,
                                                      seed=seed)
     bt = bound_mod.bound_table(study)
+    layers = layer_mod.layer_table(study.usable, transfer, n_boot=n_boot, seed=seed)
     return {
         "trials": study.trials,
         "correlations": corr.correlation_table(study, level="trial", n_boot=n_boot, seed=seed),
@@ -117,6 +119,8 @@ def _tables(study: StudyRuns, *, n_boot: int, seed: int) -> dict[str, Any]:
         "importances": eff.importances(study, seed=seed),
         "bound": bt, "bound_summary": bound_mod.bound_summary(bt),
         "transfer": transfer,
+        "layers": layers,
+        "layer_lines": layer_mod.layer_sentences(layers, study.usable, transfer),
     }
 
 
@@ -262,6 +266,7 @@ def _headline_metrics(study: StudyRuns, t: dict[str, Any]) -> dict[str, float]:
         m[f"analysis/bound/{r.shape}/holds_frac"] = float(r.holds_frac)
         m[f"analysis/bound/{r.shape}/non_vacuous_frac"] = float(r.non_vacuous_frac)
         m[f"analysis/bound/{r.shape}/median_ratio"] = float(r.median_ratio)
+    m.update(layer_mod.layer_parent_metrics(t["layers"]))
     return {k: float(v) for k, v in m.items() if v is not None and math.isfinite(v)}
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from analysis.contract import CDNV_TARGET
 from analysis.crosstrial import correlate as corr
 from analysis.crosstrial.correlate import format_ci
+from analysis.crosstrial.layers import layer_view
 from analysis.crosstrial.runs import StudyRuns
 
 HEADLINE_X = CDNV_TARGET
@@ -137,6 +138,11 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
                     _table("Mean per value over trials (parameters with few values; geometric "
                            "mean for CDNV)", pv),
                     _table("Optuna importances (fANOVA with seed 0, PED-ANOVA)", imp_view)]},
+        {"id": "layers", "title": "Where in the network", "lines": t["layer_lines"],
+         "figures": ["layers_by_depth", "layers_heatmap"],
+         "tables": [_table(f"Per tap, across trials at their final epoch: its target CDNV and "
+                           f"its own NCC accuracy against {y} (95% bootstrap intervals; "
+                           "partial: at equal source accuracy)", layer_view(t["layers"]))]},
         {"id": "bound", "title": "The CDNV bound against the observed error",
          "figures": ["bound_vs_error"],
          "tables": [_table("Per episode shape, over (trial, epoch) points", t["bound_summary"])]},
