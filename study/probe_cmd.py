@@ -102,6 +102,9 @@ def probe_study(args: argparse.Namespace) -> int:
     state, cfg = open_study(args.study, args.root)
     study = load_study(state.name, state.tracking_uri, state.experiment)
     jobs, notes = trial_jobs(study, state.ray_path, args.epochs)
+    if args.epochs == "all" and cfg.training.keep_checkpoints == "final":
+        notes.append("the study kept each trial's newest 2 checkpoints only "
+                     "(training.keep_checkpoints: final); those are probed")
     dataset, all_classes = target_config(args.target, args.overrides, cfg.dataset.image_size)
     name = contract.check_name_part("--name", args.name or args.target)
     target = prepare_target(name, dataset, all_classes, cfg.evaluation)

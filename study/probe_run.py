@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from analysis import contract
 from analysis.errors import InputError
+from study.probe_keep import FOLDER
 from trainables.config import DatasetConfig, EvaluationConfig
 from trainables.data import Split
 from trainables.evaluate import build_banks
@@ -125,21 +126,23 @@ def trial_folder(ray_path: str, study: str, trial_id: str) -> Path:
 
 def checkpoints_of(folder: Path, epochs: str, eval_every: int, planned: int) -> list[
         tuple[int, str]]:
-    """(epoch, trial.pt) of the checkpoints to probe, each read once (weights_only) to check it.
+    """(epoch, file) of the checkpoints to probe, each read once (weights_only) to check it.
 
-    `final`: the newest; `all`: every kept checkpoint of an evaluated epoch.
+    Files: Tune's kept checkpoints (`checkpoint_*/trial.pt`) and the weights kept of every
+    evaluated epoch (`evaluated/epoch_*.pt`, study.probe_keep). `final`: the newest epoch;
+    `all`: every evaluated epoch found.
 
     Raises:
-        InputError: a checkpoint that does not load as plain tensors.
+        InputError: a file that does not load as plain tensors.
     """
-    found = []
-    for file in sorted(folder.glob("checkpoint_*/trial.pt")):
-        state = read_checkpoint(file)
-        found.append((int(state["epoch"]), str(file)))
-    found.sort()
+    found: dict[int, str] = {}
+    for file in [*sorted(folder.glob("checkpoint_*/trial.pt")),
+                 *sorted(folder.glob(f"{FOLDER}/epoch_*.pt"))]:
+        found[int(read_checkpoint(file)["epoch"])] = str(file)
+    chosen = sorted(found.items())
     if epochs == "final":
-        return found[-1:]
-    return [(e, f) for e, f in found if e % eval_every == 0 or e == planned]
+        return chosen[-1:]
+    return [(e, f) for e, f in chosen if e % eval_every == 0 or e == planned]
 
 
 def trial_jobs(study: Any, ray_path: str, epochs: str) -> tuple[list[ProbeJob], list[str]]:
