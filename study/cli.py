@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "study.datasets_cmd",
     "study.cluster",
     "study.analyze_cmd",
+    "study.probe_cmd",
     "study.ui",
 ]
 
