@@ -116,10 +116,11 @@ class EvaluationConfig(_Section):
     @field_validator("layers", mode="before")
     @classmethod
     def _layers_word(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in ("stages", "none"):
-            raise ValueError(f"evaluation.layers: {value!r} is not allowed; use 'stages' (every "
-                             "stage of the backbone), 'none' (the penultimate features only) or "
-                             "a list of tap names, e.g. [layer2, layer3]")
+        if (value not in ("stages", "none") if not isinstance(value, list)
+                else not all(isinstance(v, str) for v in value)):
+            raise ValueError("use 'stages' (every stage of the backbone), 'none' (the "
+                             "penultimate features only) or a list of tap names, e.g. "
+                             "[layer2, layer3]")
         return value
 
 
