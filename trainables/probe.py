@@ -15,7 +15,6 @@ every job of a probe, so trials and models compare.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from analysis import contract as names
 from analysis.errors import InputError
 from trainables.augment import MEAN, STD
 from trainables.backbones import Backbone, create_backbone
 from trainables.config import EvaluationConfig, TrialConfig
 from trainables.data import Split
-from trainables.evaluate import evaluate_target, extract
+from trainables.evaluate import Features, evaluate_target, extract
 from trainables.probe_data import adapt_images
+from trainables.taps import layer_metrics, model_taps, select_taps
 
 # The weights file inside a folder (a Hugging Face / timm cache snapshot), in order of preference.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
@@ -249,12 +250,28 @@ def run_job(job: ProbeJob, target: Split, banks: dict[str, Any], ev: EvaluationC
         model, channels, size = job_backbone(job, path)
         images, result.adaptation = adapt_images(target.images, channels, size)
         split = Split(images, target.labels, target.class_names).to(device)
-        feats = extract(model.to(device), split, device)
-        result.metrics[epoch] = evaluate_target(feats, banks, ev, center=feats.features.mean(0))
+        taps = select_taps(ev.layers, model_taps(model), job.label)
+        feats = extract(model.to(device), split, device, taps=taps)
+        metrics = evaluate_target(feats, banks, ev, center=feats.features.mean(0))
+        if feats.taps:
+            metrics.update(target_layer_metrics(feats, split.num_classes, banks))
+        result.metrics[epoch] = metrics
     result.seconds = time.perf_counter() - start
     return result
 
 
-def default_threads() -> int:
-    """torch threads for one probe task: Ray's CPU share of this worker (1 unless told)."""
-    return max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+def target_layer_metrics(feats: Features, num_classes: int,
+                         banks: dict[str, Any]) -> dict[str, float]:
+    """The per-tap metrics of the target split alone (`layer/<tap>/<metric>/target` and each
+    tap's NCC accuracy), through `trainables.taps.layer_metrics`.
+
+    That function centres each tap's few-shot features on the source-train mean of the tap; a
+    probe has no source split, so the target's own taps stand in for it (each tap centred on
+    its target mean, the rule of the penultimate features here) and the source_train numbers
+    that this yields are dropped.
+    """
+    stand_in = {names.SOURCE_TRAIN: (feats.taps, feats.labels, num_classes),
+                names.TARGET: (feats.taps, feats.labels, num_classes)}
+    out = layer_metrics(stand_in, banks)
+    return {k: v for k, v in out.items() if not k.endswith("/" + names.SOURCE_TRAIN)}
+

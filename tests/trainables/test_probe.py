@@ -9,6 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from analysis import contract
 from analysis.errors import InputError
 from trainables.augment import normalize
 from trainables.backbones import create_backbone
@@ -25,6 +26,7 @@ from trainables.probe import (
     zoo_backbone,
 )
 from trainables.probe_data import adapt_images, load_target
+from trainables.taps import backbone_taps
 
 EV = EvaluationConfig(shapes=["3w1s", "3w2s"], episodes=8, queries=2, probe_episodes=3,
                       classifiers=["ncc", "ncc_raw"])
@@ -144,10 +146,18 @@ def test_a_trial_job_measures_what_the_trial_measures_on_its_target(tmp_path):
     feats = extract(model, target, torch.device("cpu"))
     want = evaluate_target(feats, banks, EV, center=feats.features.mean(0))
     assert sorted(result.metrics) == [1, 2] and result.adaptation == "as trained on"
+    taps = backbone_taps("test_resnet")
+    layers = ({contract.layer_key(t, f, "target") for t in taps for f in contract.LAYER_FAMILIES}
+              | {contract.layer_fewshot_key(t, s) for t in taps for s in EV.shapes})
     for epoch in (1, 2):
-        assert result.metrics[epoch].keys() == want.keys()
+        got = result.metrics[epoch]
+        assert got.keys() == want.keys() | layers
         for key, value in want.items():
-            assert result.metrics[epoch][key] == pytest.approx(value, rel=1e-5), key
+            assert got[key] == pytest.approx(value, rel=1e-5), key
+        # The last stage, pooled, is the penultimate layer: same features, same episodes.
+        for shape in EV.shapes:
+            assert got[contract.layer_fewshot_key(taps[-1], shape)] == pytest.approx(
+                got[contract.fewshot_key(shape, "ncc")])
 
 
 def test_a_probe_target_takes_every_class_unless_told():
