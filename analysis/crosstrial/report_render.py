@@ -142,7 +142,8 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
          "figures": ["layers_by_depth", "layers_heatmap"],
          "tables": [_table(f"Per tap, across trials at their final epoch: its target CDNV and "
                            f"its own NCC accuracy against {y} (95% bootstrap intervals; "
-                           "partial: at equal source accuracy)", layer_view(t["layers"]))]},
+                           "partial: at equal source accuracy)",
+                           layer_view(t["layers"]).assign(p=lambda d: d["p"].map(pval)))]},
         {"id": "bound", "title": "The CDNV bound against the observed error",
          "figures": ["bound_vs_error"],
          "tables": [_table("Per episode shape, over (trial, epoch) points", t["bound_summary"])]},
