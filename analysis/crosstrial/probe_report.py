@@ -84,15 +84,31 @@ def probe_names(study: StudyRuns) -> list[str]:
                    if c.startswith(contract.PROBE_PREFIX + "/")})
 
 
+def target_side(frame: pd.DataFrame, prefix: str = "") -> list[str]:
+    """Predictors measured on a target split (`prefix` = `probe/<name>/` for the probe's):
+    CDNV and NC1, then the per-tap CDNV and the transferability estimators when logged."""
+    cols = [prefix + contract.collapse_key(f, contract.TARGET) for f in ("cdnv", "nc1")]
+    tail = "/" + contract.collapse_key("cdnv", contract.TARGET)
+    cols += sorted(c for c in frame.columns if c.startswith(prefix + contract.LAYER_PREFIX + "/")
+                   and c.endswith(tail) and c.count("/") == prefix.count("/") + 3)
+    cols += sorted(c for c in frame.columns if c.startswith(prefix + contract.TRANSFER_PREFIX
+                                                            + "/") and c.endswith("/target"))
+    return [c for c in cols if c in frame and frame[c].notna().any()]
+
+
 def correlation_rows(frame: pd.DataFrame, name: str, *, n_boot: int, seed: int) -> pd.DataFrame:
-    """Every (predictor, domain, method): Spearman and partial Spearman with 95% intervals."""
+    """Every (predictor, domain, method): Spearman and partial Spearman with 95% intervals.
+
+    Predictors: collapse on the source classes and source test accuracy (the baseline every
+    predictor has to beat), then what was measured on each domain's own target; on the probe's
+    side also the in-domain accuracy (does in-domain transfer rank transfer there?).
+    """
     y_probe = probe_transfer(frame, name)
     y_home = contract.DEFAULT_SEARCH_METRIC if contract.DEFAULT_SEARCH_METRIC in frame else None
     control = frame[corr.CONTROL].to_numpy(float) if corr.CONTROL in frame else None
-    probe_collapse = [contract.probe_key(name, contract.collapse_key(f, contract.TARGET))
-                      for f in ("cdnv", "nc1")]
-    plan = [("in-domain", y_home, [*SOURCE_PREDICTORS, IN_DOMAIN_TARGET_CDNV]),
-            ("probe", y_probe, [*SOURCE_PREDICTORS, IN_DOMAIN_TARGET_CDNV, *probe_collapse,
+    source = [*SOURCE_PREDICTORS, corr.CONTROL]
+    plan = [("in-domain", y_home, [*source, *target_side(frame)]),
+            ("probe", y_probe, [*source, *target_side(frame, contract.probe_key(name, "")),
                                 *([y_home] if y_home else [])])]
     rows = []
     for domain, y, predictors in plan:
@@ -101,9 +117,10 @@ def correlation_rows(frame: pd.DataFrame, name: str, *, n_boot: int, seed: int) 
         for x in predictors:
             if x not in frame or frame[x].notna().sum() == 0:
                 continue
+            partial = control is not None and x != corr.CONTROL
             res = corr.correlate(frame[x].to_numpy(float), frame[y].to_numpy(float),
                                  groups=frame["trial_index"].to_numpy(), control=control,
-                                 methods=METHODS if control is not None else METHODS[:1],
+                                 methods=METHODS if partial else METHODS[:1],
                                  n_boot=n_boot, seed=seed)
             rows += [{"domain": domain, "predictor": x, "transfer": y, **vars(e)}
                      for e in res.values()]
@@ -178,7 +195,8 @@ def verdict(frame: pd.DataFrame, table: pd.DataFrame, name: str, zoo: bool) -> l
     if part is not None and np.isfinite(part.estimate):
         out.append(f"At equal source test accuracy: partial Spearman {ci(part)}.")
     for x, what in ((contract.probe_key(name, IN_DOMAIN_TARGET_CDNV), f"CDNV measured on "
-                     f"'{name}' itself"), (contract.DEFAULT_SEARCH_METRIC, "in-domain accuracy")):
+                     f"'{name}' itself"), (contract.DEFAULT_SEARCH_METRIC, "in-domain accuracy"),
+                    (corr.CONTROL, "source test accuracy (the baseline)")):
         e = pick(table, "probe", x)
         if e is not None and np.isfinite(e.estimate):
             out.append(f"{what[0].upper() + what[1:]} ranked the trials' transfer to '{name}' "

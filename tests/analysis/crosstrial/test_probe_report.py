@@ -1,0 +1,56 @@
+"""The probe's cross-domain analysis on frames whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis import contract
+from analysis.crosstrial.probe_report import correlation_rows, pick, side_by_side, verdict
+
+PROBE = "digits"
+Y_PROBE = contract.probe_key(PROBE, contract.DEFAULT_SEARCH_METRIC)
+
+
+def frame(n: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Trials where source-train CDNV ranks probe accuracy perfectly (lower CDNV, higher
+    accuracy) and in-domain accuracy not at all (a random order)."""
+    rng = np.random.default_rng(seed)
+    cdnv = np.linspace(0.2, 1.0, n)
+    return pd.DataFrame({
+        "trial_index": np.arange(n), "run_name": [f"t{i:03d} wd=1" for i in range(n)],
+        "epoch": 3, "cdnv/source_train": cdnv, "cdnv/source_test": cdnv * 1.1,
+        "cdnv/target": rng.permutation(cdnv), "source/test_acc": rng.uniform(0.3, 0.9, n),
+        contract.DEFAULT_SEARCH_METRIC: rng.permutation(np.linspace(0.4, 0.8, n)),
+        Y_PROBE: 0.9 - 0.5 * cdnv,
+        contract.probe_key(PROBE, "cdnv/target"): 2 * cdnv,
+        contract.probe_key(PROBE, "transfer/knn/target"): 1 - cdnv ** 2,
+    })
+
+
+def test_a_perfect_cross_domain_ranking_is_said_with_its_interval():
+    f = frame()
+    table = correlation_rows(f, PROBE, n_boot=500, seed=0)
+    away = pick(table, "probe", "cdnv/source_train")
+    assert away.estimate == -1.0 and away.ci_low == -1.0 and away.ci_high == -1.0
+    assert pick(table, "probe", contract.probe_key(PROBE, "transfer/knn/target")).estimate == 1.0
+    home = pick(table, "in-domain", "cdnv/source_train")
+    assert abs(home.estimate) < 1 and home.ci_low < home.estimate < home.ci_high
+    assert pick(table, "probe", "source/test_acc", "partial_spearman") is None  # not vs itself
+    lines = verdict(f, table, PROBE, zoo=False)
+    assert lines[1].startswith("Collapse on the source classes (source-train CDNV) predicted "
+                               "transfer to 'digits': Spearman with 5-way 5-shot NCC accuracy "
+                               "on 'digits' −1.00 [−1.00, −1.00]")
+    assert "in-domain it was" in lines[1]
+    wide = side_by_side(table)
+    assert {"in-domain: Spearman", "probe: Spearman"} <= set(wide.columns)
+
+
+def test_no_association_is_not_called_a_prediction():
+    f = frame(12, seed=3)
+    f[Y_PROBE] = np.random.default_rng(7).permutation(f[Y_PROBE].to_numpy())
+    table = correlation_rows(f, PROBE, n_boot=500, seed=0)
+    lines = verdict(f, table, PROBE, zoo=False)
+    away = pick(table, "probe", "cdnv/source_train")
+    assert away.ci_low < 0 < away.ci_high
+    assert "did not clearly predict transfer to 'digits'" in lines[1]
