@@ -172,3 +172,21 @@ def test_a_probe_target_takes_every_class_unless_told():
     with pytest.raises(InputError, match=r"dataset\.num_target_classes: 12 requested"):
         load_target(DatasetConfig(name="digits", image_size=8, num_target_classes=12),
                     all_classes=False)
+
+
+@pytest.mark.gpu
+def test_a_job_on_the_gpu_measures_what_it_measures_on_the_cpu(tmp_path):
+    cfg = TrialConfig.model_validate({
+        "dataset": {"num_source_classes": 5, "image_size": 16},
+        "backbone": {"name": "test_resnet"}, "evaluation": EV.model_dump()})
+    torch.manual_seed(0)
+    model = create_backbone("test_resnet", num_classes=5, in_chans=1).eval()
+    save_checkpoint({"model": model.state_dict(), "epoch": 1}, tmp_path)
+    target = small_target()
+    banks = build_banks(target, EV)
+    job = ProbeJob("t001", [(1, str(tmp_path / "trial.pt"))], cfg.flat())
+    cpu = run_job(job, target, banks, EV, torch.device("cpu")).metrics[1]
+    gpu = run_job(job, target, banks, EV, torch.device("cuda")).metrics[1]
+    assert gpu.keys() == cpu.keys()
+    for key in (contract.fewshot_key("3w2s", "ncc"), contract.collapse_key("cdnv", "target")):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-3, abs=1e-3), key
