@@ -195,15 +195,17 @@ class TrialConfig(BaseModel):
 
 
 def check_episodes_fit(data: DatasetConfig, ev: EvaluationConfig) -> None:
-    """An n-way k-shot episode with q queries needs n target classes of k + q images each.
+    """An n-way episode needs n target classes: the widest shape must fit the target split.
 
-    Without this the episode bank fails inside the trial (after the data set is built), with a
-    message that names neither config field. Shapes that do not parse are left to the study
-    config's own check, which names them.
+    Without this the episode bank fails after the data set is built, with a message that names
+    neither config field ("n_way=5 but the labels hold only 3 classes"). Shapes that do not
+    parse are left to the study config's own check, which names them. (Shots plus queries
+    against `dataset.target_per_class` are left to the episode bank: a study may search
+    `queries`, and tests use a too-large value to make one trial fail on bad input.)
 
     Raises:
-        ValueError: a shape with more ways than `dataset.num_target_classes`, or more shots plus
-            queries than `dataset.target_per_class`; the message names both fields.
+        ValueError: a shape with more ways than `dataset.num_target_classes`; the message names
+            both fields, the values and what to change.
     """
     parsed = {s: parse_shape(s) for s in ev.shapes if is_shape(s)}
     if not parsed:
@@ -218,15 +220,6 @@ def check_episodes_fit(data: DatasetConfig, ev: EvaluationConfig) -> None:
             f"dataset.num_target_classes to at least {n_way} or keep only shapes of at most "
             f"{data.num_target_classes} ways in evaluation.shapes"
             + (f" (here: {', '.join(fits)})" if fits else "")
-        )
-    most = max(parsed, key=lambda s: parsed[s][1])
-    need = parsed[most][1] + ev.queries
-    if need > data.target_per_class:
-        raise ValueError(
-            f"evaluation.shapes: '{most}' with evaluation.queries = {ev.queries} needs "
-            f"{parsed[most][1]} + {ev.queries} = {need} images of each target class but "
-            f"dataset.target_per_class is {data.target_per_class}; raise "
-            f"dataset.target_per_class to {need} or lower the shots or evaluation.queries"
         )
 
 
