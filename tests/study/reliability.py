@@ -181,17 +181,20 @@ def audit(cfg: StudyConfig, uri: str) -> dict[str, Any]:
     client = MlflowClient(uri)
     parent, children = study_runs(uri, cfg.name)
     expected = range(1, cfg.training.epochs + 1)
-    duplicated = missing = 0
+    duplicated = missing = layer_series = 0
     for run in children:
         for key in cfg.metric_names():
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             duplicated += len(steps) - len(set(steps))
             missing += len(set(expected) - set(steps))
+            layer_series += key.startswith("layer/") and sorted(steps) == list(expected)
     return {
         "trials_completed": sum(r.data.tags["nctune.status"] == "completed" for r in children),
         "child_runs": len(children),
         "duplicated_steps": duplicated,
         "missing_steps": missing,
+        # per-tap series (evaluation.layers) with exactly one value per epoch
+        "layer_series": layer_series,
         "runs_running": sum(r.info.status == "RUNNING" for r in children),
         "parent": (parent.info.status, parent.data.tags["nctune.status"]),
         "configs": [tuple(r.data.params.get(k) for k in cfg.searched()) for r in children],

@@ -121,6 +121,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_study(point, tmp_path, loca
     assert got["duplicated_steps"] == got["missing_steps"] == 0
     assert got["runs_running"] == 0
     assert got["parent"] == ("FINISHED", "completed")
+    # every stage's series (evaluation.layers: stages) was resumed without a duplicate step
+    layer_keys = [k for k in cfg.metric_names() if k.startswith("layer/")]
+    assert len(layer_keys) == 50 and got["layer_series"] == len(layer_keys) * cfg.num_samples
     # The restored searcher proposes exactly what the uninterrupted study proposed, in order:
     # nothing finished is proposed again, nothing is skipped.
     assert got["configs"] == uninterrupted["configs"]

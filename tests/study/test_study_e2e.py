@@ -7,6 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis import contract as names
 from study.driver import run_study
 from tests.study.studies import tiny_study
 from trainables.config import TrialConfig
@@ -36,6 +37,12 @@ def test_three_trials_log_every_metric_at_every_epoch(tmp_path, local_ray):
     assert parent.data.tags["nctune.searched"] == "weight_decay,label_smoothing"
     assert len(children) == 3
     expected = cfg.metric_names()
+    # `evaluation.layers: stages` (the default): every stage of test_resnet is a series too
+    taps = ("act1", "layer1", "layer2", "layer3", "layer4")
+    assert {names.layer_key(tap, family, split) for tap in taps for family in names.LAYER_FAMILIES
+            for split in (names.SOURCE_TRAIN, names.TARGET)} <= expected
+    assert {names.layer_fewshot_key(tap, shape) for tap in taps
+            for shape in cfg.evaluation.shapes} <= expected
     ray_configs = {
         json.loads((p / "params.json").read_text())["weight_decay"]: json.loads(
             (p / "params.json").read_text())
