@@ -38,9 +38,12 @@ def named_params(model: nn.Module) -> dict[int, str]:
 # --- weight decay -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_weight_decay_groups_hold_every_weight_and_no_norm_or_bias(optimizer: str) -> None:
-    t = trainer(optimizer=optimizer, weight_decay=0.01)
+@pytest.mark.parametrize(("optimizer", "name"), [
+    ("sgd", "test_resnet"), ("adamw", "test_resnet"), ("sgd", "resnet12"), ("sgd", "wrn28")])
+def test_weight_decay_groups_hold_every_weight_and_no_norm_or_bias(optimizer: str,
+                                                                   name: str) -> None:
+    width = 1.0 if name == "test_resnet" else 0.125
+    t = trainer({"name": name, "width": width}, optimizer=optimizer, weight_decay=0.01)
     names = named_params(t.model)
     groups = {g["weight_decay"]: [names[id(p)] for p in g["params"]]
               for g in t.optimizer.param_groups}
@@ -59,7 +62,9 @@ def test_weight_decay_groups_hold_every_weight_and_no_norm_or_bias(optimizer: st
             else:
                 assert isinstance(module, nn.BatchNorm2d | nn.Linear), full
                 assert full in free, full
-    assert any(".bn" in n for n in free) and "model.fc.bias" in free
+    norms = {f"{mn}.{pn}" for mn, m in t.model.named_modules() if isinstance(m, nn.BatchNorm2d)
+             for pn, _ in m.named_parameters(recurse=False)}
+    assert norms and norms <= free and "model.fc.bias" in free
 
 
 def zero_grad_step(t: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
@@ -195,3 +200,17 @@ def test_width_scales_every_stage_and_the_stem(width: float, small_stem: bool) -
         assert t.model.features(x).shape == (4, stages[-1])
     base = trainer({"small_stem": small_stem}).model
     assert conv_widths(t.model) == [round(c * width / 2) * 2 for c in conv_widths(base)]
+
+
+@pytest.mark.parametrize("width", [0.125, 0.25])
+def test_width_reaches_the_few_shot_backbones(width: float) -> None:
+    """ResNet-12 scales all four stages; WRN-28 scales its three groups by k = 10 x width and
+    keeps the paper's 16-channel stem."""
+    r12 = trainer({"name": "resnet12", "width": width}).model
+    stages = scale_channels((64, 160, 320, 640), width)
+    assert sorted(set(conv_widths(r12))) == sorted(stages)
+    assert r12.feature_dim == stages[-1] == r12.classifier.in_features
+    wrn = trainer({"name": "wrn28", "width": width}).model
+    groups = scale_channels((16, 32, 64), 10 * width)
+    assert conv_widths(wrn)[0] == 16 and set(conv_widths(wrn)) == {16, *groups}
+    assert wrn.feature_dim == groups[-1] == wrn.classifier.in_features
