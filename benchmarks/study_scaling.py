@@ -48,10 +48,10 @@ import psutil
 import ray
 from ray import tune
 
-import study.tuner
 from study.config import StudyConfig
-from study.driver import init_ray, run_study
+from study.driver import run_study
 from study.presets import read_preset
+from study.tuner import init_ray
 
 
 class TrialSpans(tune.Callback):
@@ -214,10 +214,10 @@ def machine_scaling(seconds: float) -> dict[str, Any]:
 
 
 def start_ray() -> str:
-    """The product's local Ray (`study.driver.init_ray`: 127.0.0.1, never a recorded cluster)."""
+    """The product's local Ray (`study.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(None)
-    return "study.driver.init_ray"
+    return "study.tuner.init_ray"
 
 
 def demo_study(root: str, concurrent: int, samples: int, quick: bool) -> StudyConfig:
@@ -234,14 +234,9 @@ def demo_study(root: str, concurrent: int, samples: int, quick: bool) -> StudyCo
 
 def run(cfg: StudyConfig) -> dict[str, Any]:
     spans = TrialSpans(cfg.searched())
-    original = study.tuner.callbacks
-    study.tuner.callbacks = lambda cfg, state: [*original(cfg, state), spans]
     start = time.perf_counter()
-    try:
-        with CpuMeter() as cpu:
-            state = run_study(cfg, report=False)
-    finally:
-        study.tuner.callbacks = original
+    with CpuMeter() as cpu:
+        state = run_study(cfg, report=False, callbacks=[spans])
     wall = time.perf_counter() - start
     if state.status != "completed" or len(spans.end) != cfg.num_samples:
         raise RuntimeError(f"study '{cfg.name}' ended '{state.status}' with {len(spans.end)} "

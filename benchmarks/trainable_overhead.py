@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
-import study.tuner
 from study.config import StudyConfig
-from study.driver import init_ray, run_study
+from study.driver import run_study
 from study.presets import read_preset
+from study.tuner import init_ray
 from trainables.augment import BatchAugment
 from trainables.backbones import create_backbone
 from trainables.config import TrialConfig
@@ -80,20 +80,10 @@ class ResultClock(tune.Callback):
 
 
 def start_ray() -> str:
-    """The product's local Ray (`study.driver.init_ray`: 127.0.0.1, never a recorded cluster)."""
+    """The product's local Ray (`study.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(None)
-    return "study.driver.init_ray"
-
-
-def with_callback(callback: tune.Callback, run: Callable[[], Any]) -> Any:
-    """Run `run()` with `callback` appended to the study's Tune callbacks (product unchanged)."""
-    original = study.tuner.callbacks
-    study.tuner.callbacks = lambda cfg, state: [*original(cfg, state), callback]
-    try:
-        return run()
-    finally:
-        study.tuner.callbacks = original
+    return "study.tuner.init_ray"
 
 
 def bare_epochs(data: DataSplits, cfg: TrialConfig, threads: int, epochs: int) -> list[float]:
@@ -263,7 +253,7 @@ def main() -> None:
         clock = ResultClock()
         ray_start = start_ray()
         try:
-            state = with_callback(clock, lambda: run_study(cfg, report=False))
+            state = run_study(cfg, report=False, callbacks=[clock])
             # Ray stays up (idle) while the bare loop runs again: its daemons are part of the
             # environment the trial ran in.
             bare_after = bare_process(flat, threads, epochs, RAY_WORKER_NICENESS)[1:]

@@ -49,9 +49,9 @@ import ray
 from PIL import Image
 from ray import tune
 
-import study.tuner
 from study.config import StudyConfig
-from study.driver import init_ray, run_study
+from study.driver import run_study
+from study.tuner import init_ray
 
 TRIALS = 4
 SIZE = 128  # RGB: 49,152 bytes per image
@@ -185,10 +185,10 @@ def anonymous_bytes(pid: int) -> int:
 
 
 def start_ray() -> str:
-    """The product's local Ray (`study.driver.init_ray`: 127.0.0.1, never a recorded cluster)."""
+    """The product's local Ray (`study.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(None)
-    return "study.driver.init_ray"
+    return "study.tuner.init_ray"
 
 
 def measure(cfg: StudyConfig, cache: str) -> dict[str, Any]:
@@ -197,13 +197,10 @@ def measure(cfg: StudyConfig, cache: str) -> dict[str, Any]:
     stop = threading.Event()
     out: dict[str, Any] = {}
     thread = threading.Thread(target=sample, args=(watch, stop, out, cache), daemon=True)
-    original = study.tuner.callbacks
-    study.tuner.callbacks = lambda cfg, state: [*original(cfg, state), watch]
     thread.start()
     try:
-        state = run_study(cfg, report=False)
+        state = run_study(cfg, report=False, callbacks=[watch])
     finally:
-        study.tuner.callbacks = original
         stop.set()
         thread.join()
     rows = out["rows"]

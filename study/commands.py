@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
 
 if TYPE_CHECKING:
-    from study.run import StudyState
-
-DEFAULT_ROOT = "nctune-runs"
+    from study.state import StudyState
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add `run`, `resume`, `ls`, `show` and `presets` to the CLI."""
     p = sub.add_parser("run", help="run a study from a preset or a YAML file",
                        description="Run a study. Presets: see `nctune presets`.")
     p.add_argument("preset", nargs="?", default="demo", help="preset name or YAML file "
@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`nctune run`: load and validate the config, then hand it to study.driver.run_study."""
     from study.presets import dump_config, load_study_config
 
     cfg = load_study_config(args.preset, args.overrides, args.name)
@@ -71,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """`nctune resume NAME`: continue a stopped or killed study."""
     from study.driver import resume_study
 
     state = resume_study(args.name, args.root, address=args.address,
@@ -86,8 +88,9 @@ def exit_code(state: StudyState) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from study.driver import known_studies
+    """`nctune ls`: the studies under a root, with status and best trial."""
     from study.guard import driver_alive
+    from study.state import known_studies
     from study.summary import render
 
     rows = []
@@ -108,6 +111,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def best_of(name: str, state: dict) -> str:
+    """The best trial of a study for `ls`, '?' when its store cannot be read."""
     from analysis.crosstrial.runs import load_study
     from study.summary import best_trial
 
@@ -120,15 +124,12 @@ def best_of(name: str, state: dict) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """`nctune show NAME`: a table of the study's trials and its best."""
     from analysis.crosstrial.runs import load_study
-    from study.driver import known_studies
-    from study.guard import check_study_name
+    from study.state import study_folder
     from study.summary import best_trial, trials_table
 
-    folder = Path(args.root) / "studies" / check_study_name(args.name)
-    if not (folder / "study.json").exists():
-        raise InputError(f"study: no study '{args.name}' under {folder.parent.resolve()}; "
-                         f"known: {', '.join(known_studies(args.root)) or 'none'}")
+    folder = study_folder(args.name, args.root)
     state = json.loads((folder / "study.json").read_text())
     study = load_study(args.name, state["tracking_uri"], state["experiment"])
     print(f"Study '{args.name}' ({state['status']}, {len(study.final)} of "
@@ -143,6 +144,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    """`nctune presets`: each preset with the first line of its description."""
     from study.presets import list_presets, read_preset
 
     for name in list_presets():

@@ -8,13 +8,13 @@ adds what only the driver needs: the search, its space, resources, tracking and 
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from analysis.contract import DEFAULT_SEARCH_METRIC, MetricSpec, all_names, parse_shape
+from analysis.crosstrial.store import resolve_tracking_uri
 from analysis.errors import InputError
 from study.space import ParamSpec, check_space
 from trainables.config import (
@@ -173,25 +173,8 @@ class StudyConfig(_Section):
         return str(Path(self.storage.ray).expanduser().resolve())
 
     def tracking_uri(self) -> str:
+        """The MLflow store this study writes to (analysis.crosstrial.store resolves every URI)."""
         return resolve_tracking_uri(self.tracking.uri, self.root_dir())
-
-
-def resolve_tracking_uri(uri: str | None, root: Path) -> str:
-    """The configured URI, else $MLFLOW_TRACKING_URI, else an absolute sqlite file under root."""
-    if uri:
-        return absolutize_sqlite(uri)
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return absolutize_sqlite(env)
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
-def absolutize_sqlite(uri: str) -> str:
-    """Trials chdir and Ray jobs run elsewhere: make relative sqlite paths absolute."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 def check_registered(dataset: str, backbone: str) -> None:

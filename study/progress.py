@@ -1,20 +1,97 @@
-"""A compact progress line for a running study (Ray 2.60 ignores custom progress reporters).
+"""What the terminal shows while a study runs: the header, then a compact progress line.
 
-Prints at most every `interval` seconds, and at every trial that ends:
+Ray 2.60 ignores custom progress reporters, so the line is a Tune callback. It prints at most
+every `interval` seconds, and at every trial that ends:
     [01:42] 3/8 finished · 2 running (t004 ep 3/6, t005 ep 1/8) · 0 failed · 0 diverged
             · best fewshot/5w5s/ncc/acc 0.612 (t002)
+Library lines that mean nothing to a user are kept off the terminal (quiet_libraries).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ray.tune import Callback
 
+from study.guard import redact
 from study.tracking import trial_error
+
+if TYPE_CHECKING:
+    from study.config import StudyConfig
+    from study.state import StudyState
+
+# Lines Ray Tune logs that our own output replaces (its resume hint names a Python API), and
+# its complaint that a trial restored before its first report has no result file to load for
+# the ResultGrid (which nctune does not read: MLflow holds the results).
+TUNE_NOISE = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete",
+              "Failed to fetch metrics", "`Study.stop` is supposed")
+NOISY_LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis",
+                 "ray.tune.search.optuna.optuna_search")
+
+
+def say(text: str = "") -> None:
+    """A line for the user, at once (the driver's output interleaves with Ray's)."""
+    print(text, flush=True)
+
+
+class _DropTuneNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(TUNE_NOISE)
+
+
+def quiet_libraries() -> None:
+    """Library lines that mean nothing to a user (our header says what they would have)."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTuneNoise) for f in logger.filters):
+            logger.addFilter(_DropTuneNoise())
+
+
+def header(cfg: StudyConfig, manifest: dict[str, Any], folder: Path, state: StudyState,
+           address: str | None = None, dashboard: bool = False) -> str:
+    """The lines a study starts with: what is searched, on what data, and where it all goes."""
+    goal = "maximising" if cfg.search.mode == "max" else "minimising"
+    return "\n".join([
+        f"Study '{cfg.name}': {state.num_samples} trials, {cfg.search.sampler} sampler, "
+        f"{cfg.search.max_concurrent} at a time, {cfg.resources.cpus_per_trial:g} CPU "
+        f"+ {cfg.resources.gpus_per_trial:g} GPU each",
+        f"  searching {', '.join(cfg.searched())}; {goal}",
+        f"  {cfg.search.metric}",
+        f"  data: {describe_data(cfg.dataset.name, manifest)}",
+        f"  study folder: {folder}",
+        f"  MLflow: {redact(state.tracking_uri)} (experiment '{state.experiment}')",
+        f"  Ray results: {state.ray_path}/{cfg.name}",
+        f"  Ray: {describe_ray(address, dashboard)}",
+    ])
+
+
+def describe_data(name: str, manifest: dict[str, Any]) -> str:
+    """`glyphs: 100 source classes (20 train + 10 test images each), 60 target (20 each)`."""
+    counts = manifest.get("counts", {})
+    try:
+        tr, te, tg = (counts[s] for s in ("source_train", "source_test", "target"))
+        return (f"{name}: {tr['classes']} source classes ({tr['per_class']} train + "
+                f"{te['per_class']} test images each), {tg['classes']} target classes "
+                f"({tg['per_class']} images each)")
+    except (KeyError, TypeError):
+        return name
+
+
+def describe_ray(address: str | None, dashboard: bool) -> str:
+    """Which Ray the study runs on, and how it is protected."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return f"the cluster at {redact(address)} (needs its token: RAY_AUTH_TOKEN)"
+    return ("local, on 127.0.0.1 only, token authentication on, dashboard "
+            + ("on 127.0.0.1" if dashboard else "off"))
 
 
 class ProgressPrinter(Callback):

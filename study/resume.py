@@ -20,15 +20,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from study.tracking import end_status, finish_run, flat_params, retry, trial_error
+from study.tracking import child_runs, end_status, finish_run, flat_params, retry, trial_error
 
-if TYPE_CHECKING:
-    from study.tracking import MLflowTrialLogger
+
+class TrialRuns(Protocol):
+    """The trial -> run bookkeeping a resume rebuilds (study.trial_logger.MLflowTrialLogger)."""
+
+    experiment_id: str
+    parent_run_id: str
+    runs: dict[str, str]
+    index: dict[str, int]
+    last_step: dict[str, int]
+    status: dict[str, str]
+
+    @property
+    def client(self) -> MlflowClient:
+        """The tracking client."""
+        ...
+
 
 LOST_ERROR = "the trial failed; its error was not recorded before the driver stopped"
 
@@ -42,6 +55,7 @@ class Reconciled:
     removed: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        """One line: how many runs continue, which were ended or removed."""
         parts = [f"{self.adopted} trial run(s) continue"]
         if self.ended:
             parts.append(f"ended {len(self.ended)} run(s) left RUNNING: {', '.join(self.ended)}")
@@ -50,20 +64,6 @@ class Reconciled:
                          f"recorded yet ({', '.join(self.removed)}); they run again with the "
                          "same configuration")
         return "Resumed: " + "; ".join(parts)
-
-
-def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
-    """The study's trial runs (not deleted), oldest first."""
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`nctune.role` = 'trial'"
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time ASC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def ended_as(trial: Any) -> tuple[str, str | None] | None:
@@ -75,7 +75,7 @@ def ended_as(trial: Any) -> tuple[str, str | None] | None:
     return None
 
 
-def reconcile(tracker: MLflowTrialLogger, trials: list) -> Reconciled:
+def reconcile(tracker: TrialRuns, trials: list) -> Reconciled:
     """Rebuild the tracker's trial -> run map from MLflow for the restored `trials`."""
     client = tracker.client
     known = {t.trial_id: t for t in trials}

@@ -1,11 +1,20 @@
-"""Terminal tables: a study's trials (`show`, end of `run`) and the studies (`ls`)."""
+"""How a study ends on the terminal: the trials table, the best trial, the report, what next.
+
+The tables also serve `nctune show` (a study's trials) and `nctune ls` (the studies).
+"""
 
 from __future__ import annotations
 
 import math
+import shlex
+from pathlib import Path
 from typing import Any
 
 from analysis.crosstrial.runs import StudyRuns
+from analysis.errors import InputError
+from study.guard import redact_text
+from study.progress import say
+from study.state import DEFAULT_ROOT, StudyState
 
 SHOWN_METRICS = [
     ("source/test_acc", "src_acc"),
@@ -18,6 +27,7 @@ SHOWN_METRICS = [
 
 
 def fmt(value: Any) -> str:
+    """A table cell: '-' for missing, three significant digits for floats."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
@@ -26,6 +36,7 @@ def fmt(value: Any) -> str:
 
 
 def render(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned columns under a header and a rule of dashes."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -49,6 +60,7 @@ def trials_table(study: StudyRuns, metric: str | None = None) -> str:
 
 
 def best_trial(study: StudyRuns, metric: str, mode: str) -> tuple[str, float] | None:
+    """(label, value) of the usable trial with the best final `metric`, None if none has it."""
     final = study.final
     if metric not in final.columns:
         return None
@@ -57,3 +69,76 @@ def best_trial(study: StudyRuns, metric: str, mode: str) -> tuple[str, float] | 
         return None
     row = usable.loc[usable[metric].idxmax() if mode == "max" else usable[metric].idxmin()]
     return f"t{int(row['trial_index']):03d}", float(row[metric])
+
+
+def summarize(state: StudyState) -> tuple[str, float] | None:
+    """Print the trials table and the best trial (returned)."""
+    from mlflow.exceptions import MlflowException
+
+    from analysis.crosstrial.runs import load_study
+
+    try:
+        study = load_study(state.name, state.tracking_uri, state.experiment)
+    except (InputError, MlflowException) as exc:
+        say(f"  (no summary: {redact_text(str(exc), state.tracking_uri)})")
+        return None
+    say("\n" + trials_table(study, state.metric))
+    best = best_trial(study, state.metric, state.mode)
+    if best:
+        say(f"\nBest: {best[0]} with {state.metric} = {best[1]:.4f}")
+    for problem in study.problems:
+        say(f"  note: {problem}")
+    return best
+
+
+def write_report(state: StudyState, folder: Path, best: tuple[str, float] | None) -> None:
+    """The analysis report; its first verdict line and the best trial become the headline in
+    the parent run's description (what the MLflow UI shows first)."""
+    from mlflow.exceptions import MlflowException
+
+    from analysis.crosstrial.report import analyze
+
+    try:
+        report = analyze(state.name, state.tracking_uri, folder / "report",
+                         experiment=state.experiment)
+    except (InputError, MlflowException) as exc:
+        say(f"  no report: {redact_text(str(exc), state.tracking_uri)}")
+        return
+    say(f"\n{report.verdict[0]}" if report.verdict else "")
+    say(f"Report: {report.path}")
+    headline = [f"Best: {best[0]} with {state.metric} = {best[1]:.4f}."] if best else []
+    set_headline(state, headline + report.verdict[:1])
+
+
+def set_headline(state: StudyState, lines: list[str]) -> None:
+    """Parent run description = the study's question + its result, in Markdown."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(state.tracking_uri)
+    run = client.get_run(state.parent_run_id)
+    question = run.data.tags.get("nctune.question", run.data.tags.get("mlflow.note.content", ""))
+    text = question + ("\n\n**Result.** " + " ".join(lines) if lines else "")
+    client.set_tag(state.parent_run_id, "mlflow.note.content", text)
+
+
+def root_option(folder: Path) -> str:
+    """` --root PATH` when the study is not under the default root, else ''."""
+    root = folder.parent.parent
+    return "" if root == Path(DEFAULT_ROOT).resolve() else f" --root {shlex.quote(str(root))}"
+
+
+def resume_command(folder: Path) -> str:
+    """The command that resumes the study in `folder`."""
+    return f"nctune resume {folder.name}{root_option(folder)}"
+
+
+def say_next(state: StudyState, folder: Path) -> None:
+    """The last lines of a completed study: where its table, report and UI are."""
+    opt = root_option(folder)
+    say("\nNext:")
+    say(f"  nctune show {state.name}{opt}        # this table again")
+    if (folder / "report" / "report.html").exists():
+        say(f"  open {folder / 'report' / 'report.html'}   # does collapse predict transfer?")
+    else:
+        say(f"  nctune analyze {state.name}   # does collapse predict transfer? (HTML report)")
+    say(f"  nctune ui {state.name}{opt}          # compare the trials in the MLflow UI")

@@ -1,12 +1,12 @@
-"""MLflow tracking from the driver: one parent run per study, one nested child run per trial.
+"""MLflow from the driver: the store's conventions and the calls every writer and reader shares.
 
-Trials never talk to the tracking store; this Ray Tune callback does, on the driver. That is what
-lets a cluster use the embedded sqlite store on the head node, and why only one process ever
-writes to it (sqlite's 'database is locked' cannot arise from concurrent trials).
+One parent run per study (`nctune.role=study`), one nested child run per trial
+(`nctune.role=trial`, `nctune.trial_id`), params = the flat trial config, metrics with
+step = epoch. Every call goes through `retry`, the one back-off policy: a store that stays down
+past its budget raises TrackingUnavailable and the study stops cleanly (resumable).
 
-MLflow is the record of truth for what was logged: after a driver restart the callback re-reads,
-per run, the last step it holds (so no step is logged twice) and study.resume matches runs to the
-restored trials by their `nctune.trial_id` tag (so no trial gets a second run).
+Who uses it: study.state (the parent run), study.trial_logger (the Tune callback that logs the
+trials), study.resume (reconciling runs after a restart).
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import os
 import re
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
 
 T = TypeVar("T")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -44,6 +42,20 @@ STATUS_TO_MLFLOW = {"completed": "FINISHED", "diverged": "FINISHED", "stopped": 
 # Seconds of back-off a tracking call may spend before the study stops cleanly (resumable).
 RETRY_ENV = "NCTUNE_TRACKING_RETRY_S"
 DEFAULT_RETRY_S = 120.0
+
+
+def tracking_defaults() -> None:
+    """Make `retry` the one back-off policy, and keep MLflow's own lines off the terminal.
+
+    MLflow's REST client would otherwise retry a dead server for ~4 minutes per call, silently,
+    before our budget even starts.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # MLflow prints a "View run at <server URL>" line per ended run: noise, and a URL that
+    # would carry credentials if the tracking URI has them.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the summary's reads
 
 
 class TrackingUnavailable(RuntimeError):
@@ -84,6 +96,7 @@ def retry(fn: Callable[[], T], *, budget_s: float | None = None, first_wait: flo
 
 
 def first_line(text: str) -> str:
+    """The first line of an error message, at most 300 characters."""
     lines = text.strip().splitlines()
     return lines[0][:300] if lines else ""
 
@@ -119,6 +132,7 @@ def short_number(value: float) -> str:
 
 
 def flat_params(config: dict[str, Any]) -> list[Param]:
+    """A trial config as MLflow params, sorted (MLflow caps a value at 6000 characters)."""
     return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
 
 
@@ -167,152 +181,6 @@ def finish_run(client: MlflowClient, run_id: str, status: str, error: str | None
     retry(lambda: client.set_terminated(run_id, STATUS_TO_MLFLOW[status]))
 
 
-class MLflowTrialLogger(Callback):
-    """Logs every trial as a child run of the study's parent run; resumable without duplicates.
-
-    Its state (trial id -> run id, index, last logged step) is saved with the Tune experiment;
-    after a restore, study.resume reconciles it with MLflow before the first trial restarts.
-    """
-
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
-                 searched: list[str]) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.study = study
-        self.searched = searched
-        self.runs: dict[str, str] = {}
-        self.index: dict[str, int] = {}
-        self.last_step: dict[str, int] = {}
-        self.status: dict[str, str] = {}
-        self.down = False  # the store failed for the whole retry budget: stop writing
-        self.restored = False  # set_state ran: reconcile with MLflow before the first step
-        self._client: MlflowClient | None = None
-        self._checked: set[str] = set()
-
-    def label(self, tid: str) -> str:
-        """The trial's short name, `t007`, shared by the terminal and MLflow run names."""
-        return f"t{self.index.get(tid, 0):03d}"
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles callbacks with the experiment; a live client does not pickle.
-        return {**self.__dict__, "_client": None}
-
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
-
-    # ---- Tune hooks -------------------------------------------------------------------------
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        if self.restored:
-            from study.resume import reconcile
-
-            self.restored = False
-            self._guard(lambda: reconcile(self, trials))
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._guard(lambda: self._start(trial))
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        self._guard(lambda: self._result(trial, result))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        status = self.status.get(trial.trial_id) or end_status(trial)
-        error = (trial.last_result or {}).get("error") if status == "failed" else None
-        self._guard(lambda: self._finish(trial.trial_id, status, error=error))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        text = trial_error(trial) or "unknown error"
-        self._guard(lambda: self._finish(trial.trial_id, "failed", error=text))
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for trial in trials:  # trials Tune ended without a completion (e.g. a stop)
-            if trial.trial_id in self.runs and trial.trial_id not in self.status:
-                self._guard(partial(self._finish, trial.trial_id, "stopped"))
-
-    # ---- state --------------------------------------------------------------------------------
-    def get_state(self) -> dict | None:
-        return {"runs": dict(self.runs), "index": dict(self.index),
-                "last_step": dict(self.last_step), "status": dict(self.status)}
-
-    def set_state(self, state: dict) -> None:
-        self.runs = dict(state.get("runs", {}))
-        self.index = dict(state.get("index", {}))
-        self.last_step = dict(state.get("last_step", {}))
-        self.status = dict(state.get("status", {}))
-        self._checked = set()
-        self.restored = True
-
-    # ---- the work -----------------------------------------------------------------------------
-    def _guard(self, fn: Callable[[], object]) -> None:
-        """Once the store is down for good, stop writing (Tune's clean-up must not hang on it)."""
-        if self.down:
-            return
-        try:
-            fn()
-        except TrackingUnavailable:
-            self.down = True
-            raise
-
-    def _start(self, trial: Any) -> None:
-        tid = trial.trial_id
-        if tid in self.runs:  # a restored or retried trial continues its run
-            self.status.pop(tid, None)
-            retry(lambda: self.client.update_run(self.runs[tid], status="RUNNING"))
-            retry(lambda: self.client.set_tag(self.runs[tid], "nctune.status", "running"))
-            return
-        self.index[tid] = max(self.index.values(), default=0) + 1
-        tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            "nctune.study": self.study,
-            "nctune.role": "trial",
-            "nctune.trial_id": tid,
-            "nctune.trial_index": str(self.index[tid]),
-            "nctune.status": "running",
-        }
-        name = run_name(self.index[tid], trial.config, self.searched)
-        run = retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
-        run_id = run.info.run_id
-        self.runs[tid] = run_id
-        self.last_step[tid] = 0
-        self._checked.add(tid)
-        params = flat_params(trial.config)  # < 100 keys: one batch
-        retry(lambda: self.client.log_batch(run_id, params=params))
-
-    def _result(self, trial: Any, result: dict) -> None:
-        tid = trial.trial_id
-        if tid not in self.runs:
-            return
-        if result.get("trial_status") in ("diverged", "failed"):
-            self.status[tid] = str(result["trial_status"])
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._logged_step(tid):
-            return  # logged before a restart or a retry: never duplicate a step
-        metrics = finite_metrics(result, step)
-        if metrics:
-            retry(lambda: self.client.log_batch(self.runs[tid], metrics=metrics))
-        self.last_step[tid] = step
-
-    def _logged_step(self, tid: str) -> int:
-        """The last logged step; after a driver restart, re-read it from the store once."""
-        if tid not in self._checked:
-            history = retry(lambda: self.client.get_metric_history(self.runs[tid],
-                                                                   "source/train_loss"))
-            stored = max((m.step for m in history), default=0)
-            self.last_step[tid] = stored
-            self._checked.add(tid)
-        return self.last_step.get(tid, 0)
-
-    def _finish(self, tid: str, status: str, error: str | None = None) -> None:
-        if tid not in self.runs:
-            return
-        self.status[tid] = status
-        finish_run(self.client, self.runs[tid], status, error)
-
-
 def log_study_start(client: MlflowClient, experiment_id: str, study: str, description: str,
                     tags: dict[str, str], params: dict[str, Any],
                     artifacts: dict[str, str]) -> str:
@@ -329,5 +197,20 @@ def log_study_start(client: MlflowClient, experiment_id: str, study: str, descri
     return str(run_id)
 
 
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """The study's trial runs (not deleted), oldest first."""
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`nctune.role` = 'trial'"
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def dump_json(obj: Any) -> str:
+    """JSON for an artifact: indented, sorted keys, anything else as its str()."""
     return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,12 +1,15 @@
-"""Tuner assembly with Ray 2.60's Tune API (ray.tune.report / RunConfig / Checkpoint).
+"""Ray and the Tuner: start (or join) Ray, then Tuner(with_resources(pretrain), OptunaSearch, ...).
 
-Train V2 is on by default in Ray 2.60: ray.train.report inside a Tune function fails the trial and
+Written for Ray 2.60's Tune API (ray.tune.report / RunConfig / Checkpoint). Train V2 is on by
+default in Ray 2.60: ray.train.report inside a Tune function fails the trial and
 ray.train.RunConfig crashes a Tuner, so everything here comes from ray.tune.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,40 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.config import StudyConfig
 from study.progress import ProgressPrinter
-from study.run import StudyState, base_param_space
-from study.space import optuna_space
-from study.tracking import MLflowTrialLogger
+from study.space import fixed_values, optuna_space
+from study.state import StudyState
+from study.trial_logger import MLflowTrialLogger
 from trainables.pretrain import pretrain
+
+
+def init_ray(address: str | None, *, dashboard: bool = False) -> None:
+    """Join `address` (or $RAY_ADDRESS); else start a local Ray that listens on 127.0.0.1 only,
+    with token authentication on (Ray's default, never turned off here) and no dashboard unless
+    asked for (then on 127.0.0.1 too)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    from ray._private import ray_constants
+
+    # Ray warns that token authentication is on; the header says so in plain words.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    # ray.init resolves 127.0.0.1 to this machine's routable address on Linux, and its gRPC
+    # servers (GCS, raylet, workers) then listen on 0.0.0.0. With ENABLE_RAY_CLUSTER off, as on
+    # macOS and Windows, every one of them binds 127.0.0.1 (ray/_private/services.py).
+    single_node, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    try:
+        # address="local": a new Ray of our own; without it ray.init joins whatever cluster
+        # `ray start` last recorded in /tmp/ray, which the user did not ask for.
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 log_to_driver=False,
+                 configure_logging=True, logging_level=logging.WARNING)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = single_node
 
 
 class StudySearch(OptunaSearch):
@@ -45,6 +78,7 @@ class StudySearch(OptunaSearch):
 
 
 def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler `search.sampler` names, seeded with `search.seed`."""
     seed = cfg.search.seed
     if cfg.search.sampler == "grid":
         grid = {k: s.values for k, s in cfg.space.items() if s.type == "categorical"}
@@ -66,18 +100,31 @@ def trainable(cfg: StudyConfig) -> Any:
 
 
 def trial_dirname(trial: Any) -> str:
+    """A trial's folder name under the Ray results."""
     return f"t{trial.trial_id}"  # short: deep paths break on some filesystems
 
 
-def callbacks(cfg: StudyConfig, state: StudyState) -> list[tune.Callback]:
+def base_param_space(cfg: StudyConfig) -> dict[str, Any]:
+    """Constant trial keys (every flat key not searched), fixed specs applied."""
+    flat = cfg.trial_config().flat()
+    flat.update(fixed_values(cfg.space))
+    for key in optuna_space(cfg.space):
+        flat.pop(key, None)
+    return flat
+
+
+def study_callbacks(cfg: StudyConfig, state: StudyState,
+                    extra: Sequence[tune.Callback] = ()) -> list[tune.Callback]:
+    """The MLflow logger, the progress line, then the caller's own callbacks (benchmarks)."""
     tracker = MLflowTrialLogger(state.tracking_uri, state.experiment_id, state.parent_run_id,
                                 cfg.name, cfg.searched())
     progress = ProgressPrinter(cfg.num_samples, cfg.search.metric, cfg.search.mode,
                                label_of=tracker.label)
-    return [tracker, progress]
+    return [tracker, progress, *extra]
 
 
 def quiet_ray_output() -> None:
+    """Ray Tune's tables and warnings off: our progress line says what a user needs."""
     # Our own progress line replaces Ray's tables; results without the search metric (epochs
     # that are not evaluated) are expected; a snapshot per checkpoint of a fast trial is fine
     # on local disk, so Ray's warning about it is noise.
@@ -87,7 +134,9 @@ def quiet_ray_output() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
+def build_tuner(cfg: StudyConfig, state: StudyState,
+                callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
+    """A new study's Tuner; `callbacks` run after nctune's own (they are pickled with it)."""
     quiet_ray_output()
     search = StudySearch(space=optuna_space(cfg.space), metric=cfg.search.metric,
                          mode=cfg.search.mode, sampler=make_sampler(cfg))
@@ -104,7 +153,8 @@ def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
         reuse_actors=cfg.search.reuse_actors,
     )
     run_config = tune.RunConfig(
-        name=cfg.name, storage_path=state.ray_path, callbacks=callbacks(cfg, state),
+        name=cfg.name, storage_path=state.ray_path,
+        callbacks=study_callbacks(cfg, state, callbacks),
         failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
         verbose=0,
@@ -114,6 +164,7 @@ def build_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
 
 
 def restore_tuner(cfg: StudyConfig, state: StudyState) -> tune.Tuner:
+    """The Tuner of a stopped study from its saved state (searcher, callbacks, trials)."""
     quiet_ray_output()
     path = os.path.join(state.ray_path, cfg.name)
     fill_checkpoint_gaps(Path(path))
@@ -141,4 +192,5 @@ def fill_checkpoint_gaps(experiment: Path) -> None:
 
 
 def can_restore(state: StudyState) -> bool:
+    """Whether Tune saved the study's state (not when it stopped before any trial started)."""
     return tune.Tuner.can_restore(os.path.join(state.ray_path, state.name))

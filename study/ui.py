@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
-from study.commands import DEFAULT_ROOT
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -68,26 +68,20 @@ class Target:
 
 def find_target(name: str | None, root: str) -> Target:
     """The study's store from studies/NAME/study.json, or the default store under `root`."""
-    from study.config import resolve_tracking_uri
-    from study.driver import known_studies
-    from study.run import STATE_FILE
+    from analysis.crosstrial.store import resolve_tracking_uri
+    from study.state import STATE_FILE, study_folder
 
-    base = Path(root).expanduser().resolve()
     if name is None:
-        return Target(resolve_tracking_uri(None, base), "nctune")
-    state_file = base / "studies" / name / STATE_FILE
-    if not state_file.exists():
-        raise InputError(f"study: no study '{name}' under {base / 'studies'}; "
-                         f"known: {', '.join(known_studies(root)) or 'none'}")
-    state = json.loads(state_file.read_text())
+        return Target(resolve_tracking_uri(None, root), "nctune")
+    state = json.loads((study_folder(name, root) / STATE_FILE).read_text())
     return Target(state["tracking_uri"], state["experiment"], name,
                   str(state["experiment_id"]), state["parent_run_id"])
 
 
 def check_store(uri: str) -> str:
     """The URI's scheme, once the store is one this command can open (and exists, if local)."""
-    from analysis.crosstrial.runs import check_tracking_uri
-    from study.driver import redact
+    from analysis.crosstrial.store import check_tracking_uri
+    from study.guard import redact
 
     scheme = urllib.parse.urlparse(uri).scheme.lower().split("+")[0]
     if scheme not in (*SERVABLE_SCHEMES, "http", "https"):
@@ -146,7 +140,7 @@ def links(base: str, target: Target, experiment_id: str | None) -> list[tuple[st
 
 def server_command(uri: str, port: int, root: str) -> list[str]:
     """`mlflow server` on 127.0.0.1 with one worker; artifacts under <root>/artifacts."""
-    # study.run.artifact_root puts a sqlite store's artifacts in <root>/artifacts; experiments
+    # study.state.artifact_root puts a sqlite store's artifacts in <root>/artifacts; experiments
     # keep their own artifact location, this only decides where new ones and uploads go.
     artifacts = (Path(root).expanduser().resolve() / "artifacts").as_uri()
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
@@ -239,7 +233,8 @@ def say(text: str = "") -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from study.driver import redact
+    """`nctune ui [NAME]`: serve the study's store in the MLflow UI until Ctrl-C."""
+    from study.guard import redact
 
     target = find_target(args.name, args.root)
     scheme = check_store(target.tracking_uri)

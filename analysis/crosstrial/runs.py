@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.crosstrial.store import check_tracking_uri, resolve_tracking_uri
 from analysis.errors import InputError
 
 DEFAULT_EXPERIMENT = "nctune"
@@ -94,56 +92,6 @@ _FLAG_COLUMNS = [
     "error", "planned_epochs", "last_epoch", "final_epoch", "eval_epochs", "missing_epochs",
     "diverged", "incomplete", "usable", "note",
 ]
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The URI to read: `uri`, else MLFLOW_TRACKING_URI, else the default sqlite store."""
-    if uri:
-        return uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd() / 'nctune-runs' / 'mlflow.db'}"
-
-
-def check_tracking_uri(uri: str, *, must_exist: bool = False, timeout_s: float = 3.0) -> None:
-    """Fail fast with an InputError when the store behind `uri` cannot be reached.
-
-    MLflow's REST client retries for minutes against a dead server, and its sqlite store
-    silently creates an empty database at a mistyped path; both are worse than one clear line.
-
-    Args:
-        uri: the tracking URI.
-        must_exist: a local store (sqlite file, mlruns folder) must already exist, as it must
-            for reading a study; a writer (a new study) may create it.
-        timeout_s: how long to wait for a tracking server to answer.
-    """
-    parsed = urllib.parse.urlparse(uri)
-    scheme = parsed.scheme.lower()
-    if scheme.startswith("sqlite"):
-        path = uri.split(":///", 1)[1] if ":///" in uri else ""
-        if must_exist and (path in ("", ":memory:") or not Path(path).is_file()):
-            raise InputError(
-                f"tracking URI {uri!r}: no MLflow database at {path or '(no path)'!r}; "
-                "pass --tracking-uri or set MLFLOW_TRACKING_URI to the store the study wrote"
-            )
-    elif scheme in ("http", "https"):
-        probe = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(probe, timeout=timeout_s):
-                pass
-        except urllib.error.HTTPError:
-            pass  # the server answered; an older server may just lack /health
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise InputError(
-                f"tracking URI {uri!r}: no MLflow server answers ({reason}); "
-                "start it or pass the right --tracking-uri"
-            ) from None
-    elif scheme in ("", "file") and must_exist:
-        path = parsed.path if scheme == "file" else uri
-        if not Path(path).is_dir():
-            raise InputError(f"tracking URI {uri!r}: no MLflow store folder at {path!r}")
 
 
 def load_study(name: str, tracking_uri: str | None = None,

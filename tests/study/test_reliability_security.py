@@ -14,7 +14,7 @@ import torch
 
 from study.cli import main
 from study.guard import StudyLock, check_study_name, redact, redact_text
-from study.run import StudyState
+from study.state import StudyState
 from tests.study.reliability import kill_study
 from trainables.checkpoint import FILENAME, load_checkpoint
 

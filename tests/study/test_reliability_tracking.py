@@ -23,8 +23,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
-from study.driver import header, run_study
-from study.run import prepare_data, start_tracking
+from study.driver import run_study
+from study.preflight import check_new_study
+from study.progress import header
+from study.state import start_study
 from tests.study.reliability import audit, kill_study, live_results, study_runs, this_session
 
 pytestmark = pytest.mark.slow
@@ -133,8 +135,9 @@ def test_credentials_in_the_uri_work_and_are_never_printed_or_logged(tmp_path, m
     """A URI with user:password@ (MLflow sends it as basic auth; this server ignores it)."""
     uri = f"http://alice:s3cret@127.0.0.1:{mlflow_server}"
     cfg, _ = kill_study(tmp_path, "creds", tracking={"uri": uri})
-    data, banks = prepare_data(cfg)
-    state = start_tracking(cfg, data, banks)  # the start check passes with credentials
+    ready = check_new_study(cfg, None)  # the tracking check passes with credentials
+    data = ready.data
+    state, _ = start_study(ready.cfg, data.manifest, ready.bank_hashes)
     client = MlflowClient(uri)
     logged = Path(client.download_artifacts(state.parent_run_id, "config.yaml", str(tmp_path)))
     assert "s3cret" not in logged.read_text() and "uri: http://***@127.0.0.1" in logged.read_text()

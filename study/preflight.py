@@ -1,0 +1,110 @@
+"""Every check that can fail before Ray starts, in the order `nctune run` makes them.
+
+A bad config, a trial that cannot fit this machine, an unreachable or locked-out tracking store,
+a data set that does not load: each is one clear line (credentials masked), exit status 2, and
+nothing started or half-written. Only once all of them pass does study.state write anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.errors import InputError
+from study.config import StudyConfig
+from study.guard import redact_text, without_credentials
+from study.presets import read_preset
+from study.progress import quiet_libraries, say
+from study.state import STATE_FILE, StudyState
+from study.tracking import tracking_defaults
+from trainables.data import DataSplits, load_splits
+from trainables.evaluate import build_banks
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A new study that passed every check: its final config, its data and episode banks."""
+
+    cfg: StudyConfig
+    data: DataSplits
+    bank_hashes: dict[str, str]
+
+
+def check_new_study(cfg: StudyConfig, address: str | None) -> Ready:
+    """Name, paths, resources, tracking store, data set: in that order, each failing fast."""
+    cfg = absolute_paths(unique_name(cfg))
+    check_resources(cfg, address)
+    quiet_libraries()
+    tracking_defaults()
+    check_tracking(cfg.tracking_uri())
+    say(f"Preparing data set '{cfg.dataset.name}' ...")
+    data, bank_hashes = prepare_data(cfg)
+    return Ready(cfg, data, bank_hashes)
+
+
+def check_resumed_study(folder: Path, state: StudyState) -> StudyConfig:
+    """A stopped study's saved config, once its tracking store answers again."""
+    cfg = StudyConfig.model_validate(read_preset(str(folder / "config.yaml")))
+    quiet_libraries()
+    tracking_defaults()
+    check_tracking(state.tracking_uri)
+    return cfg
+
+
+def unique_name(cfg: StudyConfig) -> StudyConfig:
+    """`demo` exists already? Run as `demo-2` (and say so) rather than mixing two studies."""
+    if not (cfg.study_dir() / STATE_FILE).exists():
+        return cfg
+    base, i = cfg.name, 2
+    while (cfg.root_dir() / "studies" / f"{base}-{i}" / STATE_FILE).exists():
+        i += 1
+    say(f"A study named '{base}' exists already; this one is '{base}-{i}'.")
+    return cfg.model_copy(update={"name": f"{base}-{i}"})
+
+
+def absolute_paths(cfg: StudyConfig) -> StudyConfig:
+    """Trials chdir into their own folders: make every user path absolute on the driver."""
+    if cfg.dataset.root is None:
+        return cfg
+    root = str(Path(cfg.dataset.root).expanduser().resolve())
+    return cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": root})})
+
+
+def check_resources(cfg: StudyConfig, address: str | None) -> None:
+    """On a local run, a trial must fit this machine (a cluster is checked by Ray itself)."""
+    if address:
+        return
+    cpus = os.cpu_count() or 1
+    if cfg.resources.cpus_per_trial > cpus:
+        raise InputError(
+            f"resources.cpus_per_trial: {cfg.resources.cpus_per_trial} is more than this "
+            f"machine's {cpus} CPUs; no trial could start (use at most {cpus}, or --address "
+            "a cluster)"
+        )
+    if cfg.resources.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if cfg.resources.gpus_per_trial > max(gpus, 0) or gpus == 0:
+            raise InputError(
+                f"resources.gpus_per_trial: {cfg.resources.gpus_per_trial} but this machine has "
+                f"{gpus} GPU(s); set it to 0 here, or run on a cluster with --address"
+            )
+
+
+def check_tracking(uri: str) -> None:
+    """The store must answer before anything starts: one clear line (credentials masked)."""
+    from analysis.crosstrial.store import check_tracking_uri
+
+    try:  # the probe needs no credentials, and urllib cannot send those in a URL
+        check_tracking_uri(without_credentials(uri))
+    except InputError as exc:
+        raise InputError(redact_text(str(exc), uri)) from None
+
+
+def prepare_data(cfg: StudyConfig) -> tuple[DataSplits, dict[str, str]]:
+    """Build the data set once on the driver (bad paths fail here), and the episode banks."""
+    data = load_splits(cfg.dataset)
+    banks = build_banks(data.target, cfg.evaluation)
+    return data, {shape: bank.hash for shape, bank in banks.items()}

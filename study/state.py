@@ -1,0 +1,162 @@
+"""A study's state: studies/NAME/study.json, its config, and its parent run in MLflow.
+
+`nctune run` creates them once every pre-flight check has passed (study.preflight); `resume`,
+`ls`, `show`, `ui` and `probe` find a study again through them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from analysis.crosstrial.store import DEFAULT_ROOT
+from analysis.errors import InputError
+from study.guard import check_study_name, redact, redact_text
+from study.tracking import TrackingUnavailable, dump_json, ensure_experiment, log_study_start, retry
+
+if TYPE_CHECKING:
+    from study.config import StudyConfig
+
+__all__ = ["DEFAULT_ROOT", "STATE_FILE", "StudyState", "known_studies", "start_study",
+           "study_folder"]
+
+STATE_FILE = "study.json"
+
+
+@dataclass
+class StudyState:
+    """What `resume`, `ls`, `show` and `probe` need to find a study again (study.json)."""
+
+    name: str
+    status: str  # running, completed, stopped, failed
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    ray_path: str
+    created: str
+    num_samples: int
+    metric: str
+    mode: str
+    finished: str | None = None
+    stop_reason: str | None = None  # interrupted, tracking, incomplete, error (when stopped/failed)
+
+    def save(self, folder: Path) -> None:
+        """Atomically, readable by its owner only: the tracking URI may carry credentials."""
+        tmp = folder / (STATE_FILE + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover tmp file would keep its old mode through O_CREAT
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, folder / STATE_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> StudyState:
+        """Read study.json, ignoring keys a newer nctune may have added."""
+        data = json.loads((folder / STATE_FILE).read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def known_studies(root: str) -> list[str]:
+    """Names of the studies under `root`, sorted."""
+    base = Path(root).expanduser().resolve() / "studies"
+    return sorted(p.parent.name for p in base.glob(f"*/{STATE_FILE}"))
+
+
+def study_folder(name: str, root: str) -> Path:
+    """The folder of an existing study, or one clear line naming the studies there are."""
+    folder = Path(root).expanduser().resolve() / "studies" / check_study_name(name)
+    if not (folder / STATE_FILE).exists():
+        raise InputError(f"study: no study '{name}' under {folder.parent}; "
+                         f"known: {', '.join(known_studies(root)) or 'none'}")
+    return folder
+
+
+def start_study(cfg: StudyConfig, manifest: dict[str, Any],
+                bank_hashes: dict[str, str]) -> tuple[StudyState, Path]:
+    """Create the experiment, the parent run and the study folder, before any trial starts."""
+    from study.presets import dump_config
+
+    uri = cfg.tracking_uri()
+    client, exp_id = open_store(uri, cfg.tracking.experiment, artifact_root(cfg, uri))
+    tags = {"nctune.searched": ",".join(cfg.searched()), "nctune.sampler": cfg.search.sampler,
+            "nctune.metric": cfg.search.metric, "nctune.mode": cfg.search.mode,
+            "nctune.code_version": code_version()}
+    params = {"sampler": cfg.search.sampler, "num_samples": cfg.num_samples,
+              "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric,
+              "mode": cfg.search.mode, "search_seed": cfg.search.seed,
+              "searched": ",".join(cfg.searched()), "dataset": cfg.dataset.name,
+              "backbone": cfg.backbone.name, "data_hash": manifest.get("content_hash", ""),
+              **{f"episode_bank/{s}": h for s, h in bank_hashes.items()}}
+    artifacts = {"config.yaml": redact_text(dump_config(cfg), uri),
+                 "space.json": dump_json({k: v.model_dump() for k, v in cfg.space.items()}),
+                 "manifest.json": dump_json({**manifest, "episode_banks": bank_hashes})}
+    description = cfg.description or f"nctune study '{cfg.name}'"
+    # Not retried: a retry after a half-done call would leave two parent runs.
+    parent = log_study_start(client, exp_id, cfg.name, description, tags, params, artifacts)
+    state = StudyState(name=cfg.name, status="running", tracking_uri=uri,
+                       experiment=cfg.tracking.experiment, experiment_id=exp_id,
+                       parent_run_id=parent, ray_path=cfg.ray_storage(),
+                       created=dt.datetime.now().isoformat(timespec="seconds"),
+                       num_samples=cfg.num_samples, metric=cfg.search.metric,
+                       mode=cfg.search.mode)
+    folder = cfg.study_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    state.save(folder)
+    return state, folder
+
+
+def open_store(uri: str, experiment: str, artifacts: Path | None) -> tuple[Any, str]:
+    """A client and the experiment id, or one clear line if the store cannot be opened."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(uri)
+        return client, retry(lambda: ensure_experiment(client, experiment, artifacts))
+    except (MlflowException, OSError, TrackingUnavailable) as exc:
+        text = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else "", uri)
+        raise InputError(f"tracking URI {redact(uri)!r}: the store cannot be opened "
+                         f"({text[:300]})") from None
+
+
+
+def artifact_root(cfg: StudyConfig, uri: str) -> Path | None:
+    """Artifacts of the embedded sqlite store live beside it, not in ./mlruns of the cwd."""
+    return cfg.root_dir() / "artifacts" if uri.startswith("sqlite:") else None
+
+
+def code_version() -> str:
+    """The git commit of this checkout, else the installed nctune version (a parent-run tag)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except OSError:
+        pass
+    from importlib.metadata import version
+
+    return version("nctune")
+
+
+def mark_parent(state: StudyState, status: str, budget_s: float | None = None) -> None:
+    """Set the parent run's nctune status and MLflow status (RUNNING again on a resume)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(state.tracking_uri)
+    run_id = state.parent_run_id
+    retry(lambda: client.set_tag(run_id, "nctune.status", status), budget_s=budget_s)
+    if status == "running":
+        retry(lambda: client.update_run(run_id, status="RUNNING"), budget_s=budget_s)
+    else:
+        final = {"completed": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
+        retry(lambda: client.set_terminated(run_id, final), budget_s=budget_s)

@@ -1,0 +1,175 @@
+"""The Ray Tune callback that logs every trial to MLflow, on the driver.
+
+Trials never talk to the tracking store; this callback does. That is what lets a cluster use the
+embedded sqlite store on the head node, and why only one process ever writes to it (sqlite's
+'database is locked' cannot arise from concurrent trials).
+
+MLflow is the record of truth for what was logged: after a driver restart the callback re-reads,
+per run, the last step it holds (so no step is logged twice) and study.resume matches runs to the
+restored trials by their `nctune.trial_id` tag (so no trial gets a second run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from study.resume import reconcile
+from study.tracking import (
+    TrackingUnavailable,
+    end_status,
+    finish_run,
+    finite_metrics,
+    flat_params,
+    retry,
+    run_name,
+    trial_error,
+)
+
+
+class MLflowTrialLogger(Callback):
+    """Logs every trial as a child run of the study's parent run; resumable without duplicates.
+
+    Its state (trial id -> run id, index, last logged step) is saved with the Tune experiment;
+    after a restore, study.resume reconciles it with MLflow before the first trial restarts.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
+                 searched: list[str]) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.searched = searched
+        self.runs: dict[str, str] = {}
+        self.index: dict[str, int] = {}
+        self.last_step: dict[str, int] = {}
+        self.status: dict[str, str] = {}
+        self.down = False  # the store failed for the whole retry budget: stop writing
+        self.restored = False  # set_state ran: reconcile with MLflow before the first step
+        self._client: MlflowClient | None = None
+        self._checked: set[str] = set()
+
+    def label(self, tid: str) -> str:
+        """The trial's short name, `t007`, shared by the terminal and MLflow run names."""
+        return f"t{self.index.get(tid, 0):03d}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with the experiment; a live client does not pickle.
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    # ---- Tune hooks -------------------------------------------------------------------------
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.restored:
+            self.restored = False
+            self._guard(lambda: reconcile(self, trials))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._guard(lambda: self._start(trial))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._guard(lambda: self._result(trial, result))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        status = self.status.get(trial.trial_id) or end_status(trial)
+        error = (trial.last_result or {}).get("error") if status == "failed" else None
+        self._guard(lambda: self._finish(trial.trial_id, status, error=error))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        text = trial_error(trial) or "unknown error"
+        self._guard(lambda: self._finish(trial.trial_id, "failed", error=text))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in trials:  # trials Tune ended without a completion (e.g. a stop)
+            if trial.trial_id in self.runs and trial.trial_id not in self.status:
+                self._guard(partial(self._finish, trial.trial_id, "stopped"))
+
+    # ---- state --------------------------------------------------------------------------------
+    def get_state(self) -> dict | None:
+        return {"runs": dict(self.runs), "index": dict(self.index),
+                "last_step": dict(self.last_step), "status": dict(self.status)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs = dict(state.get("runs", {}))
+        self.index = dict(state.get("index", {}))
+        self.last_step = dict(state.get("last_step", {}))
+        self.status = dict(state.get("status", {}))
+        self._checked = set()
+        self.restored = True
+
+    # ---- the work -----------------------------------------------------------------------------
+    def _guard(self, fn: Callable[[], object]) -> None:
+        """Once the store is down for good, stop writing (Tune's clean-up must not hang on it)."""
+        if self.down:
+            return
+        try:
+            fn()
+        except TrackingUnavailable:
+            self.down = True
+            raise
+
+    def _start(self, trial: Any) -> None:
+        tid = trial.trial_id
+        if tid in self.runs:  # a restored or retried trial continues its run
+            self.status.pop(tid, None)
+            retry(lambda: self.client.update_run(self.runs[tid], status="RUNNING"))
+            retry(lambda: self.client.set_tag(self.runs[tid], "nctune.status", "running"))
+            return
+        self.index[tid] = max(self.index.values(), default=0) + 1
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "nctune.study": self.study,
+            "nctune.role": "trial",
+            "nctune.trial_id": tid,
+            "nctune.trial_index": str(self.index[tid]),
+            "nctune.status": "running",
+        }
+        name = run_name(self.index[tid], trial.config, self.searched)
+        run = retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        run_id = run.info.run_id
+        self.runs[tid] = run_id
+        self.last_step[tid] = 0
+        self._checked.add(tid)
+        params = flat_params(trial.config)  # < 100 keys: one batch
+        retry(lambda: self.client.log_batch(run_id, params=params))
+
+    def _result(self, trial: Any, result: dict) -> None:
+        tid = trial.trial_id
+        if tid not in self.runs:
+            return
+        if result.get("trial_status") in ("diverged", "failed"):
+            self.status[tid] = str(result["trial_status"])
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._logged_step(tid):
+            return  # logged before a restart or a retry: never duplicate a step
+        metrics = finite_metrics(result, step)
+        if metrics:
+            retry(lambda: self.client.log_batch(self.runs[tid], metrics=metrics))
+        self.last_step[tid] = step
+
+    def _logged_step(self, tid: str) -> int:
+        """The last logged step; after a driver restart, re-read it from the store once."""
+        if tid not in self._checked:
+            history = retry(lambda: self.client.get_metric_history(self.runs[tid],
+                                                                   "source/train_loss"))
+            stored = max((m.step for m in history), default=0)
+            self.last_step[tid] = stored
+            self._checked.add(tid)
+        return self.last_step.get(tid, 0)
+
+    def _finish(self, tid: str, status: str, error: str | None = None) -> None:
+        if tid not in self.runs:
+            return
+        self.status[tid] = status
+        finish_run(self.client, self.runs[tid], status, error)
