@@ -12,9 +12,7 @@ source classes predicts transfer to the new domain.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +64,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return probe_study(args)
 
 
-def say(text: str = "") -> None:
-    """Print and flush: the lines a user watches while Ray works."""
-    print(text, flush=True)
-
-
 def open_study(name: str, root: str) -> tuple[Any, Any]:
     """(StudyState, StudyConfig) of a study whose tracking store answers; one clear line when
     there is no such study or its checkpoints are not on a file system here."""
@@ -92,8 +85,14 @@ def probe_study(args: argparse.Namespace) -> int:
     from analysis.crosstrial.runs import load_study
     from study.probe_run import (
         check_probe_name,
+        header,
         logged_steps,
         prepare_target,
+        record_probe,
+        report,
+        run_and_log,
+        say,
+        skip_logged,
         target_config,
         trial_jobs,
     )
@@ -130,79 +129,3 @@ def probe_study(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def skip_logged(job: Any, steps: set[int]) -> Any:
-    """The job without the epochs its run already holds."""
-    from dataclasses import replace
-
-    return replace(job, checkpoints=[(e, f) for e, f in job.checkpoints if e not in steps])
-
-
-def header(study: str, name: str, target: Any, jobs: list[Any], epochs: str, again: bool,
-           notes: list[str]) -> str:
-    """What is about to run, and how the images are adapted to each kind of backbone."""
-    from study.probe_run import describe_target
-
-    n_ckpt = sum(len(j.checkpoints) for j in jobs)
-    lines = [f"Probe '{name}' of study '{study}': {len(jobs)} trials, {n_ckpt} checkpoints "
-             f"({epochs} epoch{'s' if epochs == 'all' else ''})"
-             + (" - completing an interrupted probe" if again else ""),
-             f"  target: {describe_target(target)}"]
-    lines += [f"  input: {text}" for text in adaptations(target, jobs)]
-    lines += [f"  note: {n}" for n in notes]
-    return "\n".join(lines)
-
-
-def adaptations(target: Any, jobs: list[Any]) -> list[str]:
-    """`1 channel 16x16 -> as trained on (t001, t002)`: one line per kind of backbone input."""
-    from trainables.probe import in_channels, read_checkpoint
-    from trainables.probe_data import adapt_images
-
-    kinds: dict[str, list[str]] = {}
-    for job in jobs:
-        _, path = job.checkpoints[-1]
-        chans = (int(job.config["in_chans"]) if job.zoo
-                 else in_channels(read_checkpoint(path)["model"]))
-        _, text = adapt_images(target.split.images[:1], chans, int(job.config["image_size"]))
-        kinds.setdefault(text, []).append(job.label)
-    return [f"{text} ({', '.join(labels)})" for text, labels in kinds.items()]
-
-
-def record_probe(client: Any, parent_run_id: str, name: str, settings: dict[str, Any],
-                 target: Any) -> None:
-    """The probe's settings as a parent-run tag (compared on a rerun) and its manifest."""
-    from study.probe_run import TAG
-    from study.tracking import retry
-
-    retry(lambda: client.set_tag(parent_run_id, TAG + name, json.dumps(settings)))
-    manifest = {**target.manifest, "episode_banks": target.bank_hashes()}
-    retry(lambda: client.log_text(parent_run_id, json.dumps(manifest, indent=2, default=str),
-                                  f"probes/{name}/manifest.json"))
-
-
-def run_and_log(client: Any, name: str, target: Any, jobs: list[Any]) -> list[str]:
-    """Run the tasks; log each result into its run as it arrives; the labels that failed."""
-    from study.probe_jobs import ProbeProgress, run_jobs
-    from study.probe_run import PRIMARY, TAG, log_result
-    from study.tracking import retry
-
-    runs = {j.label: j.run_id for j in jobs}
-    progress = ProbeProgress(len(jobs), PRIMARY, shown_as=contract.probe_key(name, PRIMARY))
-    failed = []
-    for label, error in run_jobs(jobs, target.split, target.banks, target.evaluation, progress,
-                                 lambda r: log_result(client, runs[r.label], name, r)):
-        failed.append(label)
-        retry(partial(client.set_tag, runs[label], TAG + name, f"failed: {error}"))
-    say(f"Probed {len(jobs) - len(failed)} of {len(jobs)}"
-        + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return failed
-
-
-def report(study: str, name: str, uri: str, experiment: str, folder: Path) -> None:
-    """The probe's report: its verdict lines and where the file is."""
-    from analysis.crosstrial.probe_report import analyze_probe
-
-    rep = analyze_probe(study, name, uri, folder / f"probe-{name}", experiment=experiment)
-    say("")
-    for line in rep.verdict:
-        say(f"  {line}")
-    say(f"Report: {rep.path}")

@@ -151,8 +151,18 @@ def probe_zoo(args: argparse.Namespace) -> int:
     """Check the zoo, the target and the store; then probe each model as a Ray task."""
     from study.config import resolve_tracking_uri
     from study.preflight import check_tracking
-    from study.probe_cmd import header, record_probe, report, run_and_log, say, skip_logged
-    from study.probe_run import check_probe_name, logged_steps, prepare_target, target_config
+    from study.probe_run import (
+        check_probe_name,
+        header,
+        logged_steps,
+        prepare_target,
+        record_probe,
+        report,
+        run_and_log,
+        say,
+        skip_logged,
+        target_config,
+    )
     from study.tracking import tracking_defaults
     from study.tuner import init_ray
 
