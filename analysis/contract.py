@@ -208,7 +208,38 @@ def all_names(spec: MetricSpec) -> set[str]:
     return {name for names in trial_metrics(spec).values() for name in names}
 
 
+# Names the study analysis reads most.
+CDNV_TARGET = collapse_key("cdnv", TARGET)
+
+
 # ---- reading names back ----------------------------------------------------------------------
+def family_of(name: str) -> str:
+    """`cdnv/target` -> "cdnv"; `fewshot/5w5s/ncc/acc` -> "fewshot"."""
+    return name.split("/", 1)[0]
+
+
+_TRIAL_FAMILIES = frozenset({
+    *(family_of(n) for n in (*TRAINING_METRICS, SOURCE_TEST_ACC, NC3_SOURCE, NC4_SOURCE_TEST)),
+    *COLLAPSE_FAMILIES, "fewshot", family_of(bound_key("5w5s")), BOUND_CANTELLI_PREFIX,
+    LAYER_PREFIX, TRANSFER_PREFIX,
+})
+
+
+def is_trial_metric(name: str) -> bool:
+    """Whether a reported key is a contract metric a trial logs (its family is one of ours).
+
+    Tune adds its own keys to every result (`training_iteration`, `time_this_iter_s`, ...);
+    tracking logs only the contract's names, so MLflow holds exactly `nctune metrics`' list.
+    """
+    return "/" in name and family_of(name) in _TRIAL_FAMILIES
+
+
+def is_collapse(name: str) -> bool:
+    """A penultimate-layer collapse statistic of one split (`cdnv/target`, `nc1/source_train`)."""
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] in COLLAPSE_FAMILIES and parts[1] in SPLITS
+
+
 def is_fewshot_acc(name: str) -> bool:
     """`fewshot/<shape>/<clf>/acc` at the penultimate layer."""
     parts = name.split("/")
@@ -221,21 +252,6 @@ def split_fewshot_key(name: str) -> tuple[str, str, str]:
     if len(parts) != 4 or parts[0] != "fewshot":
         raise InputError(f"'{name}' is not a few-shot metric name (fewshot/<shape>/<clf>/<stat>)")
     return parts[1], parts[2], parts[3]
-# Names the study analysis reads most.
-CDNV_TARGET = collapse_key("cdnv", TARGET)
-
-
-def family_of(name: str) -> str:
-    """`cdnv/target` -> "cdnv"; `fewshot/5w5s/ncc/acc` -> "fewshot"."""
-    return name.split("/", 1)[0]
-
-
-def is_collapse(name: str) -> bool:
-    """A penultimate-layer collapse statistic of one split (`cdnv/target`, `nc1/source_train`)."""
-    parts = name.split("/")
-    return len(parts) == 2 and parts[0] in COLLAPSE_FAMILIES and parts[1] in SPLITS
-
-
 
 
 def layer_taps(names_: Iterable[str], family: str = "cdnv", split: str = TARGET) -> list[str]:

@@ -25,6 +25,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from analysis.contract import is_trial_metric
+
 T = TypeVar("T")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger(__name__)
@@ -137,13 +139,12 @@ def flat_params(config: dict[str, Any]) -> list[Param]:
 
 
 def finite_metrics(result: dict[str, Any], step: int) -> list[Metric]:
-    """The contract metrics of one result: numeric, finite, with '/' in their names."""
+    """The contract metrics of one result (`analysis.contract.is_trial_metric`), finite ones."""
     now = int(time.time() * 1000)
     out = []
     for key, value in result.items():
-        if "/" not in key or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if math.isfinite(value):
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if numeric and is_trial_metric(key) and math.isfinite(value):
             out.append(Metric(key, float(value), now, step))
     return out
 
