@@ -1,49 +1,76 @@
-"""The observed NCC error on target episodes against the paper's CDNV bound.
+"""The observed NCC error on target episodes against the logged bounds on it.
 
-Galanti et al. bound the expected error of the nearest-class-centre classifier on new classes
-by a multiple of the target CDNV (the trainable logs it as `bound/<n>w<k>s`). The bound is about
-NCC on the raw features the CDNV was measured on, so `ncc_raw` is the classifier compared when it
-was logged; otherwise the primary `ncc` (centred-then-L2) stands in and the table says so.
+Two bounds, each compared with the classifier it is about:
 
-When a study logged no bound metric, it is computed from `cdnv/target` with
-`analysis.measure.fewshot.ncc_error_bound` if that function exists.
+- the CDNV bound 8 (n-1)(1+1/k) CDNV (`bound/<shape>`, analysis.measure.bound.ncc_error_bound)
+  is about NCC on the raw features the CDNV was measured on, so it is compared with `ncc_raw`
+  only. When `ncc_raw` was not measured the bound cannot be checked, and `unchecked_bounds`
+  says so: the centred-normalised `ncc` error is a different classifier's and proves nothing.
+  When a study logged no CDNV bound it is computed from `cdnv/target`.
+- the Cantelli bound (`bound_cantelli/<shape>`, analysis.measure.bound.cantelli_error_bound) is
+  computed on the features the primary `ncc` classifier sees, and is compared with `ncc`.
+
+For each: how often it holds, how often it is non-vacuous (< 1), and how loose it is (median
+bound / error).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from analysis import contract as names
 from analysis.crosstrial.runs import StudyRuns, describe
 
-SHAPE = re.compile(r"^(\d+)w(\d+)s$")
-CLASSIFIERS = ("ncc_raw", "ncc")  # preference order: the bound's own classifier first
-COLUMNS = ["trial_index", "epoch", "final", "shape", "n_way", "k_shot", "classifier",
-           "cdnv_target", "bound", "bound_source", "error", "error_ci95", "holds",
+
+@dataclass(frozen=True)
+class Bound:
+    """A logged bound: its metric name builder and the one classifier it bounds."""
+
+    name: str
+    title: str
+    key: Callable[[str], str]
+    classifier: str
+
+
+BOUNDS = (Bound("cdnv", "CDNV bound", names.bound_key, "ncc_raw"),
+          Bound("cantelli", "Cantelli bound", names.bound_cantelli_key, names.PRIMARY_CLASSIFIER))
+COLUMNS = ["bound_name", "trial_index", "epoch", "final", "shape", "n_way", "k_shot",
+           "classifier", "cdnv_target", "bound", "bound_source", "error", "error_ci95", "holds",
            "holds_within_ci", "vacuous", "ratio", "gap"]
 
 
-def _bound_function() -> Callable[[float, int, int], float] | None:
-    try:
-        from analysis.measure.bound import ncc_error_bound
-    except ImportError:
-        return None
+def _cdnv_bound() -> Callable[[float, int, int], float]:
+    from analysis.measure.bound import ncc_error_bound  # imports torch: only when needed
+
     return ncc_error_bound
 
 
 def episode_shapes(frame: pd.DataFrame) -> list[str]:
-    """Shapes ('5w5s', ...) with an NCC accuracy logged, in (n_way, k_shot) order."""
-    found = {c.split("/")[1] for c in frame.columns
-             if c.startswith("fewshot/") and c.endswith("/acc") and c.split("/")[2] in CLASSIFIERS}
-    found = {s for s in found if SHAPE.match(s)}
-    return sorted(found, key=lambda s: tuple(int(v) for v in SHAPE.findall(s)[0]))
+    """Shapes ('5w5s', ...) with an NCC accuracy (`ncc` or `ncc_raw`) logged, in order."""
+    clfs = {b.classifier for b in BOUNDS}
+    found = {names.split_fewshot_key(c)[0] for c in frame.columns
+             if names.is_fewshot_acc(c) and names.split_fewshot_key(c)[1] in clfs}
+    return names.sort_shapes(found)
+
+
+def _bound_values(hist: pd.DataFrame, bound: Bound, shape: str,
+                  cdnv: pd.Series) -> tuple[pd.Series, str] | None:
+    if bound.key(shape) in hist:
+        return hist[bound.key(shape)].astype(float), "logged"
+    if bound.name != "cdnv" or not np.isfinite(cdnv).any():
+        return None
+    n_way, k_shot = names.parse_shape(shape)
+    compute = _cdnv_bound()
+    values = cdnv.map(lambda v: compute(v, n_way, k_shot) if np.isfinite(v) else np.nan)
+    return values, f"computed from {names.CDNV_TARGET}"
 
 
 def bound_table(study: StudyRuns) -> pd.DataFrame:
-    """One row per (usable trial, evaluated epoch, shape): bound, observed error, verdict.
+    """One row per (bound, usable trial, evaluated epoch, shape): bound, observed error, verdict.
 
     Columns: holds (error <= bound), holds_within_ci (error - ci95 <= bound: not refuted by the
     episode noise), vacuous (bound >= 1, says nothing), ratio (bound / error: how loose),
@@ -51,28 +78,24 @@ def bound_table(study: StudyRuns) -> pd.DataFrame:
     """
     hist = study.usable_history
     finals = dict(zip(study.final["trial_index"], study.final["final_epoch"], strict=True))
-    compute: Callable[[float, int, int], float] | None = None
+    nan = pd.Series(np.nan, index=hist.index)
+    cdnv = hist.get(names.CDNV_TARGET, nan).astype(float)
     parts = []
-    for shape in episode_shapes(hist):
-        n_way, k_shot = (int(v) for v in SHAPE.findall(shape)[0])
-        clf = next(c for c in CLASSIFIERS if f"fewshot/{shape}/{c}/acc" in hist)
-        acc = hist[f"fewshot/{shape}/{clf}/acc"].astype(float)
-        ci = hist.get(f"fewshot/{shape}/{clf}/ci95", pd.Series(np.nan, index=hist.index))
-        cdnv = hist.get("cdnv/target", pd.Series(np.nan, index=hist.index)).astype(float)
-        if f"bound/{shape}" in hist:
-            bound, source = hist[f"bound/{shape}"].astype(float), "logged"
-        elif (compute := compute or _bound_function()) is not None:  # imports torch: lazily
-            bound = cdnv.map(lambda v, n=n_way, k=k_shot: compute(v, n, k)
-                             if np.isfinite(v) else np.nan)
-            source = "computed from cdnv/target"
-        else:
-            continue
-        df = pd.DataFrame({
-            "trial_index": hist["trial_index"], "epoch": hist["epoch"], "shape": shape,
-            "n_way": n_way, "k_shot": k_shot, "classifier": clf, "cdnv_target": cdnv,
-            "bound": bound, "bound_source": source, "error": 1.0 - acc,
-            "error_ci95": ci.astype(float)})
-        parts.append(df[np.isfinite(df["bound"]) & np.isfinite(df["error"])])
+    for bound in BOUNDS:
+        for shape in episode_shapes(hist):
+            acc_key = names.fewshot_key(shape, bound.classifier)
+            found = _bound_values(hist, bound, shape, cdnv) if acc_key in hist else None
+            if found is None:
+                continue
+            n_way, k_shot = names.parse_shape(shape)
+            ci = hist.get(names.fewshot_key(shape, bound.classifier, "ci95"), nan)
+            df = pd.DataFrame({
+                "bound_name": bound.name, "trial_index": hist["trial_index"],
+                "epoch": hist["epoch"], "shape": shape, "n_way": n_way, "k_shot": k_shot,
+                "classifier": bound.classifier, "cdnv_target": cdnv, "bound": found[0],
+                "bound_source": found[1], "error": 1.0 - hist[acc_key].astype(float),
+                "error_ci95": ci.astype(float)})
+            parts.append(df[np.isfinite(df["bound"]) & np.isfinite(df["error"])])
     if not parts:
         return pd.DataFrame(columns=COLUMNS)
     t = pd.concat(parts, ignore_index=True)
@@ -86,14 +109,29 @@ def bound_table(study: StudyRuns) -> pd.DataFrame:
     return t[COLUMNS]
 
 
+def unchecked_bounds(study: StudyRuns) -> list[str]:
+    """One sentence per (bound, shape) that was logged but cannot be checked, and why."""
+    hist = study.usable_history
+    out = []
+    for bound in BOUNDS:
+        for shape in names.sort_shapes(
+                c.split("/")[1] for c in hist.columns
+                if c.startswith(bound.key("")) and names.is_shape(c.split("/")[1])):
+            if names.fewshot_key(shape, bound.classifier) not in hist:
+                out.append(f"The {bound.title} for {shape} cannot be checked: it is about "
+                           f"the {bound.classifier} classifier, whose accuracy was not measured "
+                           f"(add {bound.classifier} to evaluation.classifiers).")
+    return out
+
+
 def bound_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per shape: how often the bound holds, how often it says anything, how loose it is."""
+    """Per bound and shape: how often it holds, how often it says anything, how loose it is."""
     rows = []
-    for shape, g in table.groupby("shape", sort=False):
+    for (bound_name, shape), g in table.groupby(["bound_name", "shape"], sort=False):
         fin = g[g["final"]]
         informative = g[~g["vacuous"]]
         rows.append({
-            "shape": shape, "classifier": g["classifier"].iloc[0],
+            "bound_name": bound_name, "shape": shape, "classifier": g["classifier"].iloc[0],
             "bound_source": g["bound_source"].iloc[0], "points": len(g),
             "trials": g["trial_index"].nunique(), "holds_frac": g["holds"].mean(),
             "holds_within_ci_frac": g["holds_within_ci"].mean(),
@@ -103,17 +141,19 @@ def bound_summary(table: pd.DataFrame) -> pd.DataFrame:
             # Holding trivially (bound >= 1) says nothing; this is the informative part.
             "non_vacuous_holds_frac": informative["holds"].mean() if len(informative) else np.nan,
             "final_holds_frac": fin["holds"].mean() if len(fin) else np.nan,
+            "final_non_vacuous_frac": 1.0 - fin["vacuous"].mean() if len(fin) else np.nan,
             "final_median_ratio": float(np.median(fin["ratio"])) if len(fin) else np.nan,
         })
     return pd.DataFrame(rows)
 
 
 def bound_sentences(summary: pd.DataFrame) -> list[str]:
-    """One plain-language line per shape for the report's verdict."""
+    """One plain-language line per bound and shape for the report's verdict."""
+    titles = {b.name: b.title for b in BOUNDS}
     out = []
     for r in summary.itertuples():
-        err = describe(f"fewshot/{r.shape}/{r.classifier}/acc").replace("accuracy", "error")
-        line = (f"The CDNV bound on the {err} held at "
+        err = describe(names.fewshot_key(r.shape, r.classifier)).replace("accuracy", "error")
+        line = (f"The {titles.get(r.bound_name, r.bound_name)} on the {err} held at "
                 f"{100 * r.holds_frac:.0f}% of {r.points} (trial, epoch) points")
         if r.non_vacuous_frac < 1:
             line += f", but {100 * (1 - r.non_vacuous_frac):.0f}% of them were vacuous (≥ 1)"

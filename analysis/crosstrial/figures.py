@@ -18,9 +18,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from analysis.contract import CDNV_TARGET, collapse_key, fewshot_key
+from analysis.crosstrial.bound_check import BOUNDS
 from analysis.crosstrial.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS
 from analysis.crosstrial.effects import effect_params, effect_targets, is_log_target, log_scaled
 from analysis.crosstrial.layers import layer_figures
+from analysis.crosstrial.leaderboard_figure import forest_plot
 from analysis.crosstrial.plotting import (
     Colours,
     colours,
@@ -216,14 +218,17 @@ def _effect_panel(ax: Any, final: pd.DataFrame, p: str, t: str, pv: pd.DataFrame
     ax.grid(True, which="major", alpha=0.3)
 
 
+BOUND_TITLES = {b.name: b.title for b in BOUNDS}
+
+
 def bound_vs_error(table: pd.DataFrame) -> Figure:
-    """Observed NCC error against the CDNV bound, a panel per episode shape. Points under the
-    diagonal satisfy the bound; right of bound = 1 the bound is vacuous."""
-    shapes = list(dict.fromkeys(table["shape"]))
-    fig = Figure(figsize=(5.2 * max(1, len(shapes)), 4.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(shapes)), squeeze=False)[0])
-    for ax, shape in zip(axes, shapes, strict=False):
-        g = table[table["shape"] == shape]
+    """Observed NCC error against each bound (CDNV, Cantelli), a panel per bound and episode
+    shape. Points under the diagonal satisfy the bound; right of bound = 1 it is vacuous."""
+    panels = list(dict.fromkeys(zip(table["bound_name"], table["shape"], strict=True)))
+    fig = Figure(figsize=(5.2 * max(1, len(panels)), 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels)), squeeze=False)[0])
+    for ax, (bound_name, shape) in zip(axes, panels, strict=False):
+        g = table[(table["shape"] == shape) & (table["bound_name"] == bound_name)]
         err = g["error"].clip(lower=1e-3)
         lo = min(float(g["bound"].min()), float(err.min())) / 1.5
         hi = max(float(g["bound"].max()), 1.0) * 1.5
@@ -241,9 +246,9 @@ def bound_vs_error(table: pd.DataFrame) -> Figure:
         log_axis(ax)
         log_axis(ax, "y")
         clf = describe(fewshot_key(shape, g["classifier"].iloc[0])).split(" ", 2)[2]
-        ax.set_xlabel("CDNV bound on the error (log scale)")
+        ax.set_xlabel(f"{BOUND_TITLES.get(bound_name, bound_name)} on the error (log scale)")
         ax.set_ylabel(f"observed error of {clf.removesuffix(' accuracy')} (log scale)")
-        ax.set_title(f"{shape}: bound holds at {100 * g['holds'].mean():.0f}% of {len(g)} "
+        ax.set_title(f"{shape}, {bound_name}: holds at {100 * g['holds'].mean():.0f}% of {len(g)} "
                      f"points; non-vacuous at {100 * (1 - g['vacuous'].mean()):.0f}%",
                      fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
@@ -310,9 +315,15 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
                      effect_curves(final, params, targets, t["effects"], t["per_value"], c,
                                    study.space, seed)))
     if len(t["bound"]):
-        made.append(("bound_vs_error", "Observed NCC error against the CDNV bound at every "
+        made.append(("bound_vs_error", "Observed NCC error against each bound at every "
                      "evaluated (trial, epoch); below the diagonal the bound holds, right of "
                      "the dashed line it is vacuous.", bound_vs_error(t["bound"])))
+    if y and len(t.get("leaderboard", [])):
+        made.append(("leaderboard", "Every candidate predictor against "
+                     f"{describe(y)} across trials at their final epoch, sorted by weighted "
+                     "Kendall τ_w; bars: 95% bootstrap intervals over trials; the dashed line "
+                     "is source test accuracy, the baseline to beat.",
+                     forest_plot(t["leaderboard"], y)))
     if t["importances"]["param"].notna().any():
         made.append(("importances", "Optuna parameter importances for target CDNV and for "
                      "few-shot accuracy.", importance_bars(t["importances"])))

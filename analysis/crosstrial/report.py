@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis import contract as names
+from analysis.contract import analysis_key
 from analysis.crosstrial import bound_check as bound_mod
 from analysis.crosstrial import correlate as corr
 from analysis.crosstrial import effects as eff
 from analysis.crosstrial import figures as figs
 from analysis.crosstrial import layers as layer_mod
+from analysis.crosstrial import leaderboard as lb
 from analysis.crosstrial import trends as trend_mod
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.report_render import HEADLINE_X, ci_text, pval, render
@@ -118,10 +121,22 @@ def _tables(study: StudyRuns, *, n_boot: int, seed: int) -> dict[str, Any]:
         "per_value": eff.per_value_table(study),
         "importances": eff.importances(study, seed=seed),
         "bound": bt, "bound_summary": bound_mod.bound_summary(bt),
+        "bound_unchecked": bound_mod.unchecked_bounds(study),
+        **_leaderboard(study, transfer, n_boot=n_boot, seed=seed),
         "transfer": transfer,
         "layers": layers,
         "layer_lines": layer_mod.layer_sentences(layers, study.usable, transfer),
     }
+
+
+def _leaderboard(study: StudyRuns, transfer: str | None, *, n_boot: int,
+                 seed: int) -> dict[str, Any]:
+    """The predictor leaderboard (analysis.crosstrial.leaderboard) and its verdict."""
+    table, taus = lb.leaderboard_table(study.usable, n_boot=n_boot, seed=seed)
+    v = lb.verdict(taus, transfer) if transfer else None
+    return {"leaderboard": table, "leaderboard_verdict": v,
+            "leaderboard_line": lb.verdict_sentence(v) if len(table) else "",
+            "leaderboard_metrics": lb.parent_metrics(v, taus)}
 
 
 def _p_is(p: float) -> str:
@@ -211,7 +226,8 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
         out.append(f"Source-train CDNV {how}: Spearman {rho}; "
                    f"target CDNV was {r.median_ratio:.2g}× source-train CDNV (median over "
                    f"trials, {r.variant}).")
-    out += bound_mod.bound_sentences(t["bound_summary"])
+    out += [t["leaderboard_line"]] if t["leaderboard_line"] else []
+    out += bound_mod.bound_sentences(t["bound_summary"]) + t["bound_unchecked"]
     out += eff.importance_sentences(t["importances"], t["effects"], n)
     n_pairs = len(t["correlations"][["collapse", "transfer"]].drop_duplicates())
     out.append(f"The tables test {n_pairs} metric pairs with 4 methods at two levels; only the "
@@ -247,26 +263,29 @@ def metric_slug(name: str) -> str:
 def _headline_metrics(study: StudyRuns, t: dict[str, Any]) -> dict[str, float]:
     """Parent-run metrics: trial-level Spearman (+ CI) and partial Spearman of each CDNV split
     against each NCC accuracy, within-trial trend and bound summaries. NaNs are left out."""
-    m: dict[str, float] = {"analysis/n_trials": float(len(study.usable)),
-                           "analysis/n_trials_total": float(len(study.trials))}
+    m: dict[str, float] = {analysis_key("n_trials"): float(len(study.usable)),
+                           analysis_key("n_trials_total"): float(len(study.trials))}
     c = t["correlations"]
-    sel = c[c["collapse"].str.startswith("cdnv/") & c["transfer"].str.contains("/ncc/")
+    sel = c[c["collapse"].map(lambda n: names.family_of(n) == "cdnv")
+            & c["transfer"].map(lambda n: names.is_fewshot_acc(n)
+                                 and names.split_fewshot_key(n)[1] == "ncc")
             & c["method"].isin(["spearman", "partial_spearman"])]
     for r in sel.itertuples():
         pair = f"{metric_slug(r.collapse)}__{metric_slug(r.transfer)}"
-        m[f"analysis/{r.method}/{pair}"] = r.estimate
-        m[f"analysis/{r.method}_ci_low/{pair}"] = r.ci_low
-        m[f"analysis/{r.method}_ci_high/{pair}"] = r.ci_high
+        m[analysis_key(r.method, pair)] = r.estimate
+        m[analysis_key(f"{r.method}_ci_low", pair)] = r.ci_low
+        m[analysis_key(f"{r.method}_ci_high", pair)] = r.ci_high
     ts = t["within_trial_summary"]
     if ts.get("n_trials"):
-        m["analysis/within_trial/median_rho"] = float(ts["median_rho"])
-        m["analysis/within_trial/frac_falls_while_rises"] = \
+        m[analysis_key("within_trial", "median_rho")] = float(ts["median_rho"])
+        m[analysis_key("within_trial", "frac_falls_while_rises")] = \
             ts["n_falls_while_rises"] / ts["n_trials"]
-    for r in t["bound_summary"].itertuples():
-        m[f"analysis/bound/{r.shape}/holds_frac"] = float(r.holds_frac)
-        m[f"analysis/bound/{r.shape}/non_vacuous_frac"] = float(r.non_vacuous_frac)
-        m[f"analysis/bound/{r.shape}/median_ratio"] = float(r.median_ratio)
+    for r in t["bound_summary"].itertuples():  # analysis/bound/<shape>/..., bound_cantelli/...
+        family = "bound" if r.bound_name == "cdnv" else f"bound_{r.bound_name}"
+        for stat in ("holds_frac", "non_vacuous_frac", "median_ratio"):
+            m[analysis_key(family, r.shape, stat)] = float(getattr(r, stat))
     m.update(layer_mod.layer_parent_metrics(t["layers"]))
+    m.update(t["leaderboard_metrics"])
     return {k: float(v) for k, v in m.items() if v is not None and math.isfinite(v)}
 
 

@@ -17,6 +17,7 @@ from analysis.contract import CDNV_TARGET
 from analysis.crosstrial import correlate as corr
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.layers import layer_view
+from analysis.crosstrial.leaderboard import leaderboard_view
 from analysis.crosstrial.runs import StudyRuns
 
 HEADLINE_X = CDNV_TARGET
@@ -42,6 +43,8 @@ LABELS = {
     "non_vacuous_holds_frac": "holds where bound < 1", "median_ratio": "median bound / error",
     "median_gap": "median bound − error", "final_holds_frac": "holds at final epoch",
     "final_median_ratio": "median bound / error, final epoch", "bound_source": "bound",
+    "bound_name": "which bound", "weighted_tau": "weighted Kendall τ_w",
+    "candidate": "predictor", "final_non_vacuous_frac": "bound < 1 at final epoch",
     "rho_collapse_epoch": "ρ(collapse, epoch)", "rho_transfer_epoch": "ρ(transfer, epoch)",
     "rho_collapse_transfer": "ρ(collapse, transfer)", "falls_while_rises": "falls while rises",
     "trial_index": "trial", "run_name": "run", "final_epoch": "final epoch",
@@ -144,9 +147,20 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
                            f"its own NCC accuracy against {y} (95% bootstrap intervals; "
                            "partial: at equal source accuracy)",
                            layer_view(t["layers"]).assign(p=lambda d: d["p"].map(pval)))]},
-        {"id": "bound", "title": "The CDNV bound against the observed error",
+        {"id": "leaderboard", "title": "Which statistic ranks transfer best?",
+         "lines": [t["leaderboard_line"]] if t.get("leaderboard_line") else [],
+         "figures": ["leaderboard"],
+         "tables": [_table(f"Every candidate against {y} across trials at their final epoch, "
+                           "oriented so that > 0 ranks trials the right way round (95% "
+                           "bootstrap intervals over trials; partial: at equal source "
+                           "accuracy); best τ_w first", leaderboard_view(t["leaderboard"], y)
+                           if y and "leaderboard" in t else pd.DataFrame())]},
+        {"id": "bound", "title": "The bounds against the observed error",
+         "lines": t.get("bound_unchecked", []),
          "figures": ["bound_vs_error"],
-         "tables": [_table("Per episode shape, over (trial, epoch) points", t["bound_summary"])]},
+         "tables": [_table("Per bound (CDNV: against ncc_raw; Cantelli: against the primary "
+                           "ncc) and episode shape, over (trial, epoch) points",
+                           t["bound_summary"])]},
         {"id": "trials", "title": "Trials", "figures": [],
          "tables": [_table("Every trial at its final evaluated epoch", trials)]},
     ]

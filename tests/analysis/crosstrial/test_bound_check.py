@@ -8,7 +8,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from analysis.crosstrial.bound_check import bound_summary, bound_table, episode_shapes
+from analysis.crosstrial.bound_check import (
+    bound_sentences,
+    bound_summary,
+    bound_table,
+    episode_shapes,
+    unchecked_bounds,
+)
 from analysis.crosstrial.runs import load_study
 from tests.analysis.conftest import FakeTrial, synth_trial, write_study
 
@@ -53,12 +59,43 @@ def test_holds_vacuous_and_looseness_are_counted_exactly(new_store: Callable[[],
     assert s["median_ratio"] == pytest.approx(np.median(t["bound"] / t["error"]))
 
 
-def test_primary_ncc_stands_in_when_raw_was_not_logged(new_store: Callable[[], str]) -> None:
+def test_cdnv_bound_is_not_checked_without_ncc_raw(new_store: Callable[[], str]) -> None:
+    """The CDNV bound is about raw-feature NCC: the centred-normalised ncc error must not stand
+    in for it; the check says it cannot be checked instead."""
     uri = new_store()
     write_study(uri, "l2", [_trial([0.3, 0.2], [1.5, 0.5], raw=False) for _ in range(2)],
                 searched=["weight_decay"])
-    t = bound_table(load_study("l2", uri))
-    assert set(t["classifier"]) == {"ncc"} and len(t) == 4
+    s = load_study("l2", uri)
+    t = bound_table(s)
+    assert t.empty
+    (line,) = unchecked_bounds(s)
+    assert "CDNV bound for 5w5s cannot be checked" in line and "ncc_raw" in line
+
+
+def test_cantelli_bound_is_checked_against_primary_ncc(new_store: Callable[[], str]) -> None:
+    uri = new_store()
+    trials = []
+    for errors, bounds in (([0.3, 0.2], [0.5, 0.15]), ([0.4, 0.1], [1.2, 0.3])):
+        t = _trial(errors, [40.0, 30.0])  # CDNV bound against ncc_raw, vacuous
+        for e, (err, b) in enumerate(zip(errors, bounds, strict=True), start=1):
+            t.metrics.setdefault("fewshot/5w5s/ncc/acc", {})[e] = 1.0 - err - 0.05
+            t.metrics.setdefault("bound_cantelli/5w5s", {})[e] = b
+        trials.append(t)
+    write_study(uri, "cant", trials, searched=["weight_decay"])
+    s = load_study("cant", uri)
+    t = bound_table(s)
+    assert unchecked_bounds(s) == []
+    c = t[t["bound_name"] == "cantelli"]
+    assert set(c["classifier"]) == {"ncc"} and len(c) == 4
+    assert c["error"].tolist() == pytest.approx([0.35, 0.25, 0.45, 0.15])
+    assert c["holds"].tolist() == [True, False, True, True]
+    summ = bound_summary(t).set_index("bound_name")
+    assert summ.loc["cantelli", "non_vacuous_frac"] == pytest.approx(0.75)
+    assert summ.loc["cantelli", "final_non_vacuous_frac"] == pytest.approx(1.0)
+    assert summ.loc["cdnv", "non_vacuous_frac"] == 0.0
+    assert summ.loc["cdnv", "classifier"] == "ncc_raw"
+    lines = bound_sentences(bound_summary(t))
+    assert any(line.startswith("The Cantelli bound") for line in lines)
 
 
 def test_bound_computed_from_cdnv_when_not_logged(new_store: Callable[[], str]) -> None:

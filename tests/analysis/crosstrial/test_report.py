@@ -18,7 +18,8 @@ from study.cli import main
 from tests.analysis.conftest import FakeTrial, loguniform, synth_trial, write_study
 
 HEADLINE = "analysis/spearman/cdnv_target__fewshot_5w5s_ncc"
-FIGURES = ["transfer_vs_cdnv", "cdnv_over_epochs", "effects", "bound_vs_error", "importances"]
+FIGURES = ["transfer_vs_cdnv", "cdnv_over_epochs", "effects", "bound_vs_error", "leaderboard",
+           "importances"]
 
 
 def demo_trials(n: int = 16, seed: int = 0) -> list[FakeTrial]:
