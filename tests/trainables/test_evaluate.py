@@ -4,10 +4,11 @@ Every penultimate-layer metric a trial reports is recomputed here from scratch: 
 plain forward pass, the per-class cap by a loop, CDNV per pair and NC1-NC4 from their formulas
 (tests/analysis/measure/collapse_refs.py), few-shot accuracy episode by episode (nearest centre
 by explicit distances, the logistic probe by scikit-learn), the bound by its formula. The
-per-layer (`layer/...`) and transferability (`transfer/...`) families have reference tests of
-their own (tests/analysis/measure/test_layer_stats.py, test_transfer.py); for the Cantelli
-bound, whose formula tests/analysis/measure/test_bound_cantelli.py checks, this test checks
-that the evaluation feeds it the primary classifier's features.
+per-layer family (`layer/...`) is checked against references in tests/trainables/test_taps.py;
+for the transferability estimators (`transfer/...`) and the Cantelli bound, whose formulas
+tests/analysis/measure/test_transfer.py and test_bound_cantelli.py check, this file checks that
+the evaluation feeds them the right features: the target's, as extracted (and logits of the
+source head), or as the primary classifier sees them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from sklearn.linear_model import LogisticRegression
 from analysis import contract as names
 from analysis.measure.bound import cantelli_error_bound
 from analysis.measure.fewshot import EpisodeBank
+from analysis.measure.transfer import transfer_metrics
 from tests.analysis.measure.collapse_refs import cdnv_pairs, nc4_ref, nc_refs
 from tests.trainables.test_pretrain import tiny_config
 from trainables.augment import normalize
 from trainables.data import Split
-from trainables.evaluate import evaluate
+from trainables.evaluate import Features, evaluate, evaluate_target
 from trainables.pretrain import Trainer
 
 CPU = torch.device("cpu")
@@ -165,15 +167,37 @@ def fewshot_refs(t: Trainer, tgt: np.ndarray, center: np.ndarray) -> dict[str, f
 
 
 def test_the_cantelli_bound_is_fed_the_primary_classifiers_features(measured) -> None:
+    """On the tiny model the bound is vacuous (1.0 for any input), so this check feeds
+    `evaluate_target`, the target half of `evaluate`, separated clusters far from the centre,
+    where the bound is informative and depends on the centring and the normalisation."""
+    t, _ = measured
+    labels = t.data.target.labels
+    gen = torch.Generator().manual_seed(0)
+    means = 4.0 * torch.randn(int(labels.max()) + 1, 16, generator=gen)
+    feats = means[labels] + 0.5 * torch.randn(len(labels), 16, generator=gen) + 3.0
+    center = 3.0 + 0.1 * torch.randn(16, generator=gen)
+    ev = t.cfg.evaluation.model_copy(update={"estimators": [], "classifiers": ["ncc"]})
+    out = evaluate_target(Features(feats, torch.zeros(len(labels), 2), labels), t.banks, ev,
+                          center=center)
+    unit = torch.nn.functional.normalize(feats - center, dim=1)
+    for shape in ev.shapes:
+        expected = cantelli_error_bound(unit, labels, *names.parse_shape(shape))
+        assert 0 < expected < 0.5, expected  # informative: not clipped at 1
+        assert out[names.bound_cantelli_key(shape)] == pytest.approx(expected, rel=1e-6), shape
+        raw = cantelli_error_bound(feats, labels, *names.parse_shape(shape))
+        assert raw != pytest.approx(expected, rel=1e-3)  # the transform matters here
+
+
+def test_the_transfer_estimators_see_the_target_features_and_source_logits(measured) -> None:
     t, out = measured
-    feats = by_hand(t)
-    tgt, _, tgt_y = feats[names.TARGET]
-    centred = tgt - feats[names.SOURCE_TRAIN][0].mean(0)
-    unit = torch.from_numpy(centred / np.linalg.norm(centred, axis=1, keepdims=True))
-    for shape in t.cfg.evaluation.shapes:
-        key = names.bound_cantelli_key(shape)
-        expected = cantelli_error_bound(unit, torch.from_numpy(tgt_y), *names.parse_shape(shape))
-        assert out[key] == pytest.approx(expected, rel=1e-4), key
+    tgt, logits, tgt_y = by_hand(t)[names.TARGET]
+    estimators = list(t.cfg.evaluation.estimators)
+    assert estimators  # the default evaluation runs all of them
+    expected = transfer_metrics(torch.from_numpy(tgt).float(), torch.from_numpy(tgt_y),
+                                torch.from_numpy(logits).float(), estimators)
+    for name in estimators:
+        assert out[names.transfer_key(name)] == pytest.approx(expected[name], rel=1e-4,
+                                                                abs=1e-6), name
 
 
 def test_the_measured_model_is_not_degenerate(measured) -> None:
