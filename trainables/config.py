@@ -109,7 +109,7 @@ class EvaluationConfig(_Section):
     def _known_estimators(cls, value: list[str]) -> list[str]:
         unknown = [v for v in value if v not in ESTIMATORS]
         if unknown:
-            raise ValueError(f"evaluation.estimators: {unknown} not known; choose from "
+            raise ValueError(f"{unknown} not known; choose from "
                              f"{list(ESTIMATORS)} (or [] for none)")
         return list(dict.fromkeys(value))
 
