@@ -149,7 +149,7 @@ def model_runs(client: Any, state: Any, facts: list[dict[str, Any]]) -> dict[str
 
 def probe_zoo(args: argparse.Namespace) -> int:
     """Check the zoo, the target and the store; then probe each model as a Ray task."""
-    from study.config import resolve_tracking_uri
+    from analysis.crosstrial.store import resolve_tracking_uri
     from study.preflight import check_tracking
     from study.probe_run import (
         check_probe_name,

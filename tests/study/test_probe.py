@@ -30,6 +30,10 @@ def study(tmp_path_factory, local_ray):
                      training={"keep_checkpoints": "evaluated"})
     state = run_study(cfg, report=False)
     assert state.status == "completed"
+    # keep_checkpoints: evaluated -> the weights of every evaluated epoch beside Tune's own
+    for trial in (root / "ray" / "tiny").glob("t*/params.json"):
+        kept = sorted(p.name for p in (trial.parent / "evaluated").glob("epoch_*.pt"))
+        assert kept == ["epoch_000001.pt", "epoch_000002.pt"], kept
     return root, state
 
 
@@ -105,6 +109,7 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_logged(study, capsys, tmp
         meta["ray_path"] = str(copy / "ray")
         (copy / "studies" / "tiny" / "study.json").write_text(json.dumps(meta))
         files = sorted((copy / "ray" / "tiny").glob("t*/checkpoint_*/trial.pt"))
+        files += sorted((copy / "ray" / "tiny").glob("t*/evaluated/epoch_*.pt"))
         if kind == "empty":
             for f in files:
                 f.unlink()
