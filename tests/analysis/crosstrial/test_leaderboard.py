@@ -45,6 +45,8 @@ def planted_study(uri: str, *, knn_noise: float = 0.002, ncti_noise: float = 0.0
             "ncti_ncc": a + rng.normal(0, ncti_noise), "ncti_vc": 3 - a + rng.normal(0, ncti_noise),
         }.items():
             t.metrics[f"transfer/{name}/target"] = {final: float(value)}
+        # a per-layer statistic, as issue "Where in the network" logs it
+        t.metrics["layer/layer2/cdnv/target"] = {final: float(1 - a + rng.normal(0, 0.1))}
         trials.append(t)
         assert i == len(trials) - 1
     write_study(uri, "lb", trials, searched=["weight_decay"])
@@ -80,6 +82,8 @@ def test_planted_winner_separates_from_source_accuracy(new_store: Callable[[], s
         stats.weightedtau(knn, frame[y].to_numpy(float)).statistic)
     assert set(table["method"]) == {"spearman", "kendall", "partial_spearman", "weighted_tau"}
     assert POOLED_NCTI in set(table["candidate"]) and BASELINE in set(table["candidate"])
+    layer = table[table["candidate"] == "layer/layer2/cdnv/target"]
+    assert set(layer["kind"]) == {"layer"} and set(layer["orientation"]) == {"lower is better"}
     fig = forest_plot(table, y)
     assert len(fig.axes) == 2
 
