@@ -112,10 +112,13 @@ def layer_sentences(table: pd.DataFrame, final: pd.DataFrame, transfer: str | No
         return [f"No per-layer correlation: {why.iloc[0] if len(why) else 'no finite values'}."]
     n = int(best.n_trials)
     clear = bool(np.isfinite(best.ci_low) and (best.ci_low > 0 or best.ci_high < 0))
+    way = ("lower CDNV there went with higher accuracy" if best.estimate < 0 else
+           "but higher CDNV there went with higher accuracy, the opposite of what 'collapse "
+           "predicts transfer' expects")
     out = [f"Across {n} trials at their final epoch, the target CDNV at {best.tap} ranked the "
-           f"trials' {describe(transfer)} best of all taps: Spearman "
+           f"trials' {describe(transfer)} most closely of all taps (largest |Spearman|): "
            f"{format_ci(best.estimate, best.ci_low, best.ci_high)}"
-           + ("" if clear else ", an interval that covers 0") + "."]
+           + ("" if clear else ", an interval that covers 0") + f"; {way}."]
     part = _row(table, best.tap, "cdnv", "partial_spearman")
     if part is not None and np.isfinite(part.estimate):
         out.append(f"At equal source accuracy (partial Spearman) it is "
@@ -143,15 +146,19 @@ def _peak_sentence(final: pd.DataFrame, transfer: str) -> list[str]:
     top, count = str(peak.index[0]), int(peak.iloc[0])
     end = accs.columns[-1]
     drop = (accs.max(axis=1) - accs[end]).median()
+    if top == end:
+        return [f"Few-shot NCC accuracy was highest at the last tap ({end}) in {count} of "
+                f"{len(accs)} trials: no sign of a tunnel in these trials."]
     text = (f"Few-shot NCC accuracy peaked at {top} in {count} of {len(accs)} trials; the last "
             f"tap ({end}) was a median {100 * drop:.1f} points below each trial's peak")
     return [text + (" (a tunnel: later layers lose transferable information)."
-                    if top != end and drop > 0.01 else ".")]
+                    if drop > 0.01 else ".")]
 
 
 def layer_parent_metrics(table: pd.DataFrame) -> dict[str, float]:
     """Parent-run metrics: per tap the two Spearman estimates, and the best tap's depth
-    (0 = first tap), Spearman with its interval, and partial Spearman."""
+    (its index among the measured taps, 0 = nearest the input), Spearman with its interval,
+    and partial Spearman."""
     out: dict[str, float] = {}
     for r in table[table["method"] == "spearman"].itertuples():
         tap = str(r.tap).split(" = ")[0]

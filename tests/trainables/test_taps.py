@@ -106,7 +106,7 @@ def test_config_lists_the_layer_metric_names_and_checks_the_tap_names() -> None:
     assert not any(n.startswith("layer/") for n in off.metric_names())
     with pytest.raises(ValidationError, match="is not a tap of backbone 'resnet18'"):
         TrialConfig.model_validate({"evaluation": {"layers": ["layer5"]}})
-    with pytest.raises(ValidationError, match="use 'stages' .every stage of the backbone"):
+    with pytest.raises(ValidationError, match=r"use 'stages' \(every stage of the backbone"):
         TrialConfig.model_validate({"evaluation": {"layers": "all"}})
 
 

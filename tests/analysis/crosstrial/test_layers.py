@@ -25,7 +25,7 @@ def layered_trials(n: int = 12, seed: int = 0) -> list[FakeTrial]:
     layer4 is the penultimate layer (its values are the penultimate's, as in a ResNet)."""
     rng = np.random.default_rng(seed)
     trials = []
-    for i in range(n):
+    for _ in range(n):
         acc = float(rng.uniform(0.5, 0.9))
         t = synth_trial({"weight_decay": float(10 ** rng.uniform(-5, -2))},
                         cdnv_final=float(np.exp(rng.normal(0, 0.6))), acc_final=acc,
@@ -104,6 +104,7 @@ def test_report_section_verdict_figures_and_parent_metrics(layered: Report) -> N
     html = layered.path.read_text()
     assert '<h2 id="layers">Where in the network</h2>' in html
     assert "the target CDNV at layer2 ranked the trials" in html
+    assert "lower CDNV there went with higher accuracy" in html
     assert "peaked at layer3 in 12 of 12 trials" in html and "a tunnel" in html
     m = layered.metrics
     assert m[names.analysis_key("layers", "best", "depth")] == 2.0
