@@ -83,20 +83,7 @@ def probe_study(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from analysis.crosstrial.runs import load_study
-    from study.probe_run import (
-        check_probe_name,
-        header,
-        logged_steps,
-        prepare_target,
-        record_probe,
-        report,
-        run_and_log,
-        say,
-        skip_logged,
-        target_config,
-        trial_jobs,
-    )
-    from study.tuner import init_ray
+    from study.probe_run import execute, prepare_target, say, target_config, trial_jobs
 
     state, cfg = open_study(args.study, args.root)
     study = load_study(state.name, state.tracking_uri, state.experiment)
@@ -107,23 +94,10 @@ def probe_study(args: argparse.Namespace) -> int:
     dataset, all_classes = target_config(args.target, args.overrides, cfg.dataset.image_size)
     name = contract.check_name_part("--name", args.name or args.target)
     target = prepare_target(name, dataset, all_classes, cfg.evaluation)
-    client = MlflowClient(state.tracking_uri)
-    settings = target.settings(args.epochs)
-    again = check_probe_name(client, state.parent_run_id, name, settings)
-    if again:  # complete an interrupted probe: never log a step twice
-        jobs = [j for j in (skip_logged(j, logged_steps(client, j.run_id, name))
-                            for j in jobs) if j.checkpoints]
-    say(header(state.name, name, target, jobs, args.epochs, again, notes))
-    if jobs:
-        record_probe(client, state.parent_run_id, name, settings, target)
-        init_ray(args.address)
-        failed = run_and_log(client, name, target, jobs)
-    else:
-        say(f"Every trial holds probe '{name}' already: nothing to probe.")
-        failed = []
-    if not args.no_report and len(failed) < len(jobs):
-        report(state.name, name, state.tracking_uri, state.experiment,
-               Path(args.root).expanduser().resolve() / "studies" / state.name / "report")
+    folder = Path(args.root).expanduser().resolve() / "studies" / state.name / "report"
+    failed = execute(MlflowClient(state.tracking_uri), state, target, jobs, epochs=args.epochs,
+                     notes=notes, address=args.address,
+                     report_to=None if args.no_report else folder / f"probe-{name}")
     say(f"\nIn MLflow: probe/{name}/<metric> in each trial's run (step = epoch). "
         f"Again: nctune analyze {shlex.quote(state.name)} --probe {name}")
     return 1 if failed else 0

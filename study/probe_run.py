@@ -291,8 +291,34 @@ def report(study: str, name: str, uri: str, experiment: str, folder: Path) -> No
     """The probe's report: its verdict lines and where the file is."""
     from analysis.crosstrial.probe_report import analyze_probe
 
-    rep = analyze_probe(study, name, uri, folder / f"probe-{name}", experiment=experiment)
+    rep = analyze_probe(study, name, uri, folder, experiment=experiment)
     say("")
     for line in rep.verdict:
         say(f"  {line}")
     say(f"Report: {rep.path}")
+
+
+def execute(client: Any, state: Any, target: ProbeTarget, jobs: list[ProbeJob], *, epochs: str,
+            notes: list[str], address: str | None, report_to: Path | None,
+            unit: str = "trials") -> list[str]:
+    """After every check: skip what MLflow holds already (the same probe run again), say what
+    runs, run and log it, write the report; returns the labels of the jobs that failed."""
+    from study.tuner import init_ray
+
+    name = target.name
+    settings = target.settings(epochs)
+    again = check_probe_name(client, state.parent_run_id, name, settings)
+    if again:  # complete an interrupted probe: never log a step twice
+        jobs = [j for j in (skip_logged(j, logged_steps(client, j.run_id, name)) for j in jobs)
+                if j.checkpoints]
+    say(header(state.name, name, target, jobs, epochs, again, notes)
+        .replace(" trials,", f" {unit},"))
+    if not jobs:
+        say(f"Every one holds probe '{name}' already: nothing to probe.")
+        return []
+    record_probe(client, state.parent_run_id, name, settings, target)
+    init_ray(address)
+    failed = run_and_log(client, name, target, jobs)
+    if report_to is not None and len(failed) < len(jobs):
+        report(state.name, name, state.tracking_uri, state.experiment, report_to)
+    return failed

@@ -151,20 +151,8 @@ def probe_zoo(args: argparse.Namespace) -> int:
     """Check the zoo, the target and the store; then probe each model as a Ray task."""
     from analysis.crosstrial.store import resolve_tracking_uri
     from study.preflight import check_tracking
-    from study.probe_run import (
-        check_probe_name,
-        header,
-        logged_steps,
-        prepare_target,
-        record_probe,
-        report,
-        run_and_log,
-        say,
-        skip_logged,
-        target_config,
-    )
+    from study.probe_run import execute, prepare_target, say, target_config
     from study.tracking import tracking_defaults
-    from study.tuner import init_ray
 
     zoo = read_zoo(args.models)
     root = Path(args.root).expanduser().resolve()
@@ -176,22 +164,13 @@ def probe_zoo(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, root)
     tracking_defaults()
     check_tracking(uri)
-    settings = target.settings("final")
     client, state, runs = open_zoo_study(zoo, facts, root, uri)
-    again = check_probe_name(client, state.parent_run_id, name, settings)
     jobs = [ProbeJob(f["name"], [(0, f["weights"])], {k: f[k] for k in ("arch", "image_size",
                      "in_chans")}, zoo=True, run_id=runs[f["name"]])
             for f in facts]
-    if again:
-        jobs = [j for j in (skip_logged(j, logged_steps(client, j.run_id, name)) for j in jobs)
-                if j.checkpoints]
-    say(header(state.name, name, target, jobs, "final", again, []).replace(" trials,", " models,"))
-    failed: list[str] = []
-    if jobs:
-        record_probe(client, state.parent_run_id, name, settings, target)
-        init_ray(args.address)
-        failed = run_and_log(client, name, target, jobs)
-    if not args.no_report and len(failed) < len(jobs):
-        report(state.name, name, uri, state.experiment, root / "studies" / state.name / "report")
+    folder = root / "studies" / state.name / "report" / f"probe-{name}"
+    failed = execute(client, state, target, jobs, epochs="final", notes=[],
+                     address=args.address, report_to=None if args.no_report else folder,
+                     unit="models")
     say(f"\nIn MLflow: study '{state.name}', one run per model, probe/{name}/<metric>.")
     return 1 if failed else 0

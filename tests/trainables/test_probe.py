@@ -129,19 +129,25 @@ def test_weights_file_is_found_in_a_hugging_face_cache_folder(tmp_path):
         weights_file(tmp_path / "missing")
 
 
-def test_a_trial_job_measures_what_the_trial_measures_on_its_target(tmp_path):
+def trial_job(folder, epochs=(1, 2)):
+    """A tiny trained-from-scratch backbone saved as a trial's checkpoints, and its job."""
     cfg = TrialConfig.model_validate({
         "dataset": {"num_source_classes": 5, "image_size": 16},
         "backbone": {"name": "test_resnet"}, "evaluation": EV.model_dump()})
     torch.manual_seed(0)
     model = create_backbone("test_resnet", num_classes=5, in_chans=1).eval()
-    for epoch in (1, 2):
-        (tmp_path / f"c{epoch}").mkdir()
-        save_checkpoint({"model": model.state_dict(), "epoch": epoch}, tmp_path / f"c{epoch}")
+    for epoch in epochs:
+        (folder / f"c{epoch}").mkdir()
+        save_checkpoint({"model": model.state_dict(), "epoch": epoch}, folder / f"c{epoch}")
+    job = ProbeJob("t001", [(e, str(folder / f"c{e}" / "trial.pt")) for e in epochs],
+                   cfg.flat())
+    return model, job
+
+
+def test_a_trial_job_measures_what_the_trial_measures_on_its_target(tmp_path):
+    model, job = trial_job(tmp_path)
     target = small_target()
     banks = build_banks(target, EV)
-    job = ProbeJob("t001", [(1, str(tmp_path / "c1" / "trial.pt")),
-                            (2, str(tmp_path / "c2" / "trial.pt"))], cfg.flat())
     result = run_job(job, target, banks, EV, torch.device("cpu"))
     feats = extract(model, target, torch.device("cpu"))
     want = evaluate_target(feats, banks, EV, center=feats.features.mean(0))
@@ -176,15 +182,9 @@ def test_a_probe_target_takes_every_class_unless_told():
 
 @pytest.mark.gpu
 def test_a_job_on_the_gpu_measures_what_it_measures_on_the_cpu(tmp_path):
-    cfg = TrialConfig.model_validate({
-        "dataset": {"num_source_classes": 5, "image_size": 16},
-        "backbone": {"name": "test_resnet"}, "evaluation": EV.model_dump()})
-    torch.manual_seed(0)
-    model = create_backbone("test_resnet", num_classes=5, in_chans=1).eval()
-    save_checkpoint({"model": model.state_dict(), "epoch": 1}, tmp_path)
+    _, job = trial_job(tmp_path, epochs=(1,))
     target = small_target()
     banks = build_banks(target, EV)
-    job = ProbeJob("t001", [(1, str(tmp_path / "trial.pt"))], cfg.flat())
     cpu = run_job(job, target, banks, EV, torch.device("cpu")).metrics[1]
     gpu = run_job(job, target, banks, EV, torch.device("cuda")).metrics[1]
     assert gpu.keys() == cpu.keys()
