@@ -87,6 +87,9 @@ def ncc_error_bound(cdnv: float, n_way: int, k_shot: int) -> float:
     return BOUND_CONSTANT * (n_way - 1) * (1.0 + 1.0 / k_shot) * value
 
 
+_ROWS = 2048  # rows of the N x N Gram formed at once (2048 x N float64)
+
+
 @dataclass(frozen=True)
 class PairMoments:
     """Per-class and per-pair moments of the features the NCC classifier sees (pool moments).
@@ -113,8 +116,8 @@ def pair_moments(features: Tensor, labels: Tensor) -> PairMoments:
 
     No loop over classes or pairs: with R the rows minus their class mean, H the (N, C) class
     indicator and P = R M^T (projections of deviations on the class means),
-    tr(Sigma_i Sigma_j) = [H^T (R R^T)^2 H]_ij / (N_i N_j), and the directional terms come from
-    differences of columns of P.
+    tr(Sigma_i Sigma_j) = [H^T (R R^T)^2 H]_ij / (N_i N_j) (formed in row blocks, so memory stays
+    O(N) per row), and the directional terms come from differences of columns of P.
     """
     x = features.detach().to("cpu", torch.float64)
     y = torch.unique(labels.detach().cpu(), return_inverse=True)[1]
@@ -125,7 +128,11 @@ def pair_moments(features: Tensor, labels: Tensor) -> PairMoments:
     sq = (r ** 2).sum(1)
     trace = h.T @ sq / n
     fourth = h.T @ sq ** 2 / n
-    cross = h.T @ (r @ r.T) ** 2 @ h / (n[:, None] * n[None, :])
+    cross = torch.zeros(len(n), len(n), dtype=torch.float64)
+    for start in range(0, len(r), _ROWS):  # row blocks: never the whole N x N Gram at once
+        block = slice(start, start + _ROWS)
+        cross += h[block].T @ ((r[block] @ r.T) ** 2 @ h)
+    cross /= n[:, None] * n[None, :]
     g = means @ means.T
     dist2 = (g.diagonal()[:, None] + g.diagonal()[None, :] - 2 * g).clamp_min(0)
     p = r @ means.T  # (N, C): e_s . mu_c

@@ -34,6 +34,7 @@ from analysis.measure.transfer_source import leep, nce
 # smallest class size minus one when classes are smaller.
 KNN_K = 5
 
+_ROWS = 2048  # similarity rows formed at once (2048 x N float64)
 Estimator = Callable[[Tensor, Tensor, Tensor | None], dict[str, float]]
 _NEEDS_LOGITS = frozenset({"leep", "nce"})
 
@@ -51,9 +52,14 @@ def knn_loo_accuracy(features: Tensor, labels: Tensor, k: int = KNN_K) -> float:
     x, y = as_f64(features, labels)
     k = max(1, min(k, int(torch.bincount(y).min()) - 1, len(y) - 1))
     xn = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    sim = xn @ xn.T
-    sim.fill_diagonal_(-float("inf"))
-    top_sim, top_idx = sim.topk(k, dim=1)
+    tops = []
+    for start in range(0, len(xn), _ROWS):  # row blocks: never the whole N x N at once
+        sim = xn[start:start + _ROWS] @ xn.T
+        rows = torch.arange(start, start + len(sim))
+        sim[rows - start, rows] = -float("inf")  # leave each image out of its own vote
+        tops.append(sim.topk(k, dim=1))
+    top_sim = torch.cat([t.values for t in tops])
+    top_idx = torch.cat([t.indices for t in tops])
     classes = int(y.max()) + 1
     votes = torch.zeros(len(y), classes, dtype=torch.float64)
     votes.scatter_add_(1, y[top_idx], torch.ones_like(top_sim))

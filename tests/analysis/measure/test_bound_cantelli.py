@@ -130,3 +130,12 @@ def test_bad_arguments_are_one_clear_error():
     for n_way, k_shot, match in [(1, 1, "n_way"), (9, 1, "n_way"), (5, 0, "k_shot")]:
         with pytest.raises(InputError, match=match):
             cantelli_error_bound(torch.as_tensor(x), torch.as_tensor(y), n_way, k_shot)
+
+
+def test_pair_moments_in_row_blocks_equal_loops(monkeypatch):
+    import analysis.measure.bound as bound_mod
+
+    monkeypatch.setattr(bound_mod, "_ROWS", 13)
+    x, y = pool("heavy", classes=5, per=11)
+    got = pair_moments(torch.as_tensor(x), torch.as_tensor(y))
+    np.testing.assert_allclose(got.cross.numpy(), moments_ref(x, y)["cross"], rtol=1e-9)

@@ -151,3 +151,15 @@ def test_bad_input_is_one_clear_error():
         transfer_metrics(t(f), t(y), None, ["leep"])
     with pytest.raises(InputError, match="two classes"):
         transfer_metrics(t(f[:3]), t(np.array([0, 0, 1])), None, ["knn"])
+
+
+def test_row_blocks_change_nothing(monkeypatch):
+    """k-NN forms its similarity rows in blocks, GBC its class pairs in blocks of 64: results
+    across block boundaries equal the references."""
+    import analysis.measure.transfer as transfer_mod
+
+    monkeypatch.setattr(transfer_mod, "_ROWS", 7)
+    f, y = blobs(dim=5, spread=2.5, per=10)
+    assert knn_loo_accuracy(t(f), t(y)) == ref.knn_ref(f, y, KNN_K)
+    f, y = blobs(classes=70, per=3, dim=6, spread=2.0)
+    assert gbc(t(f), t(y)) == pytest.approx(ref.gbc_ref(f, y), rel=1e-7)
