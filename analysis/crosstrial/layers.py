@@ -118,7 +118,9 @@ def layer_sentences(table: pd.DataFrame, final: pd.DataFrame, transfer: str | No
     out = [f"Across {n} trials at their final epoch, the target CDNV at {best.tap} ranked the "
            f"trials' {describe(transfer)} most closely of all taps (largest |Spearman|): "
            f"{format_ci(best.estimate, best.ci_low, best.ci_high)}"
-           + ("" if clear else ", an interval that covers 0") + f"; {way}."]
+           + ("" if clear else ", an interval that covers 0") + f"; {way}."
+           + (f" With only {n} trials, and {len(set(table['tap']))} taps to choose from, treat "
+              "this as preliminary." if n < 10 else "")]
     part = _row(table, best.tap, "cdnv", "partial_spearman")
     if part is not None and np.isfinite(part.estimate):
         out.append(f"At equal source accuracy (partial Spearman) it is "
