@@ -209,12 +209,14 @@ def log_result(client: Any, run_id: str, name: str, result: ProbeResult) -> None
     from study.tracking import retry
 
     now = int(time.time() * 1000)
-    metrics = [Metric(contract.probe_key(name, key), float(value), now, epoch)
-               for epoch, values in sorted(result.metrics.items())
-               for key, value in values.items() if math.isfinite(value)]
-    for i in range(0, len(metrics), 1000):
-        batch = metrics[i:i + 1000]
-        retry(partial(client.log_batch, run_id, metrics=batch))
+    marker = contract.probe_key(name, contract.collapse_key("cdnv", contract.TARGET))
+    for epoch, values in sorted(result.metrics.items()):
+        # One epoch at a time, the key `logged_steps` reads last: an epoch it finds is whole.
+        metrics = sorted((Metric(contract.probe_key(name, key), float(value), now, epoch)
+                          for key, value in values.items() if math.isfinite(value)),
+                         key=lambda m: m.key == marker)
+        for i in range(0, len(metrics), 1000):
+            retry(partial(client.log_batch, run_id, metrics=metrics[i:i + 1000]))
     tags = [RunTag(TAG + name, f"done: {result.adaptation}")]
     retry(lambda: client.log_batch(run_id, tags=tags))
 
