@@ -83,6 +83,7 @@ class ProbeProgress:
         return text
 
     def write(self, text: str) -> None:
+        """Print one line to the terminal now (Ray's own output is off)."""
         print(text, file=sys.stdout, flush=True)
 
 
