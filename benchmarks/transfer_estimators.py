@@ -82,7 +82,9 @@ def main() -> None:
     trainer = train(cfg, args.train_epochs, args.threads)
     model, data, dev = trainer.model, trainer.data, trainer.device
     tgt = extract(model, data.target, dev)
-    eval_s, est_s, per = [], [], {}
+    eval_s: list[float] = []
+    est_s: list[float] = []
+    per: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         t_eval, _ = timed(lambda: evaluate(model, data, trainer.banks, cfg.evaluation, dev))
         t_est, values = timed(lambda: transfer_metrics(tgt.features, tgt.labels, tgt.logits))

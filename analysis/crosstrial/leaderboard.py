@@ -207,6 +207,7 @@ class Verdict:
     winner_tau_w: TauW
     baseline_tau_w: TauW | None
     diff_ci: tuple[float, float]  # paired bootstrap interval of tau_w(winner) - tau_w(baseline)
+    n_candidates: int = 0
 
     @property
     def separates(self) -> bool:
@@ -229,7 +230,7 @@ def verdict(taus: dict[tuple[str, str], TauW], transfer: str) -> Verdict | None:
         if len(d):
             lo, hi = np.percentile(d, [2.5, 97.5])
             diff = (float(lo), float(hi))
-    return Verdict(transfer, winner, mine[winner], base, diff)
+    return Verdict(transfer, winner, mine[winner], base, diff, len(mine))
 
 
 def verdict_sentence(v: Verdict | None) -> str:
@@ -237,8 +238,9 @@ def verdict_sentence(v: Verdict | None) -> str:
     if v is None:
         return "No predictor could be ranked: too few trials with both it and a few-shot accuracy."
     w = corr.format_ci(v.winner_tau_w.estimate, v.winner_tau_w.ci_low, v.winner_tau_w.ci_high)
-    line = (f"Of all candidates, {label(v.winner)} ranks the trials by {describe(v.transfer)} "
-            f"best: weighted Kendall τ_w {w}.")
+    line = (f"Of {v.n_candidates} candidates, {label(v.winner)} ranks the trials by "
+            f"{describe(v.transfer)} best: weighted Kendall τ_w {w} (picked as the best of "
+            "many, so its own interval is optimistic).")
     if v.winner == BASELINE:
         return line + " No statistic of the features beats source test accuracy alone."
     if v.baseline_tau_w is None:

@@ -131,7 +131,7 @@ def test_report_opens_the_leaderboard_with_a_verdict(new_store: Callable[[], str
     rep = analyze("lb", uri, tmp_path / "out", n_boot=200, log_to_mlflow=False)
     html = rep.path.read_text()
     assert "Which statistic ranks transfer best?" in html
-    line = next(v for v in rep.verdict if v.startswith("Of all candidates"))
+    line = next(v for v in rep.verdict if v.startswith("Of 14 candidates"))
     assert "k-NN leave-one-out accuracy" in line
     assert "clearly better than source test accuracy" in line
     assert html_escape(line) in html
