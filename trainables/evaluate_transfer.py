@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from analysis import contract as names
-from analysis.measure.bound import cantelli_error_bound
+from analysis.measure.bound import cantelli_bound_from_moments, pair_moments
 from analysis.measure.fewshot_classifiers import create_classifier
 from analysis.measure.transfer import transfer_metrics
 
@@ -30,8 +30,9 @@ def transfer_and_bound(features: torch.Tensor, labels: torch.Tensor, logits: tor
     values = transfer_metrics(features, labels, logits, estimators) if estimators else {}
     out = {names.transfer_key(name): float(v) for name, v in values.items()}
     primary = create_classifier(names.PRIMARY_CLASSIFIER).transform(features, center)
+    moments = pair_moments(primary, labels)  # once: they do not depend on the shape
     for shape in shapes:
         n_way, k_shot = names.parse_shape(shape)
-        out[names.bound_cantelli_key(shape)] = cantelli_error_bound(primary, labels, n_way,
-                                                                    k_shot)
+        out[names.bound_cantelli_key(shape)] = cantelli_bound_from_moments(moments, n_way,
+                                                                           k_shot)
     return out

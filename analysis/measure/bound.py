@@ -88,6 +88,7 @@ def ncc_error_bound(cdnv: float, n_way: int, k_shot: int) -> float:
 
 
 _ROWS = 2048  # rows of the N x N Gram formed at once (2048 x N float64)
+EXACT_CROSS_MAX = 6000  # target images up to which tr(Sigma_i Sigma_j) is computed exactly
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,20 @@ class PairMoments:
     third: Tensor
 
 
-def pair_moments(features: Tensor, labels: Tensor) -> PairMoments:
+def pair_moments(features: Tensor, labels: Tensor, *,
+                 exact_cross: bool | None = None) -> PairMoments:
     """Moments of each class's empirical distribution (1/N_c), all pairs at once.
 
     No loop over classes or pairs: with R the rows minus their class mean, H the (N, C) class
     indicator and P = R M^T (projections of deviations on the class means),
     tr(Sigma_i Sigma_j) = [H^T (R R^T)^2 H]_ij / (N_i N_j) (formed in row blocks, so memory stays
     O(N) per row), and the directional terms come from differences of columns of P.
+
+    That cross term costs O(N^2 D). With `exact_cross` False (the default above EXACT_CROSS_MAX
+    images: 50 s for Omniglot's 13k target images on one thread) the off-diagonal
+    tr(Sigma_i Sigma_j) is replaced by its Cauchy-Schwarz upper bound
+    sqrt(tr Sigma_i^2 tr Sigma_j^2), which needs only the per-class diagonal (O(N n D)): the
+    variance of the margin can only grow, so the Cantelli bound stays a bound, a little looser.
     """
     x = features.detach().to("cpu", torch.float64)
     y = torch.unique(labels.detach().cpu(), return_inverse=True)[1]
@@ -128,11 +136,8 @@ def pair_moments(features: Tensor, labels: Tensor) -> PairMoments:
     sq = (r ** 2).sum(1)
     trace = h.T @ sq / n
     fourth = h.T @ sq ** 2 / n
-    cross = torch.zeros(len(n), len(n), dtype=torch.float64)
-    for start in range(0, len(r), _ROWS):  # row blocks: never the whole N x N Gram at once
-        block = slice(start, start + _ROWS)
-        cross += h[block].T @ ((r[block] @ r.T) ** 2 @ h)
-    cross /= n[:, None] * n[None, :]
+    exact = len(x) <= EXACT_CROSS_MAX if exact_cross is None else exact_cross
+    cross = _cross_exact(r, h, n) if exact else _cross_cauchy_schwarz(r, y, n)
     g = means @ means.T
     dist2 = (g.diagonal()[:, None] + g.diagonal()[None, :] - 2 * g).clamp_min(0)
     p = r @ means.T  # (N, C): e_s . mu_c
@@ -141,6 +146,29 @@ def pair_moments(features: Tensor, labels: Tensor) -> PairMoments:
     # [j, i] = E_{e in j}[e . (mu_j - mu_i) ||e||^2]; E[(Delta_ij . e_j)||e_j||^2] is minus it
     third = -(h.T @ (d * sq[:, None]) / n[:, None]).T
     return PairMoments(trace, fourth, cross, dist2, dir_var, third)
+
+
+def _cross_exact(r: Tensor, h: Tensor, n: Tensor) -> Tensor:
+    cross = torch.zeros(len(n), len(n), dtype=torch.float64)
+    for start in range(0, len(r), _ROWS):  # row blocks: never the whole N x N Gram at once
+        block = slice(start, start + _ROWS)
+        cross += h[block].T @ ((r[block] @ r.T) ** 2 @ h)
+    return cross / (n[:, None] * n[None, :])
+
+
+def _cross_cauchy_schwarz(r: Tensor, y: Tensor, n: Tensor) -> Tensor:
+    """tr(Sigma_i^2) exactly (per-class Grams, classes padded to the largest), and the
+    Cauchy-Schwarz upper bound sqrt(tr Sigma_i^2 tr Sigma_j^2) off the diagonal."""
+    order = torch.argsort(y, stable=True)
+    first = torch.searchsorted(y[order], y[order])
+    slot = torch.empty_like(y)
+    slot[order] = torch.arange(len(y)) - first
+    padded = torch.zeros(len(n), int(n.max()), r.shape[1], dtype=torch.float64)
+    padded[y, slot] = r  # zero rows add nothing to a Gram
+    diag = (padded @ padded.transpose(1, 2)).pow(2).sum((1, 2)) / n ** 2
+    cross = (diag[:, None] * diag[None, :]).sqrt()
+    cross.diagonal().copy_(diag)
+    return cross
 
 
 def projection_moments(m: PairMoments, k_shot: int) -> tuple[Tensor, Tensor]:
@@ -196,7 +224,8 @@ def cantelli_error_bound(features: Tensor, labels: Tensor, n_way: int, k_shot: i
     Delta^T Sigma Delta is what `cdnv_dir` averages; the fourth moment E||e||^4 is computed
     from the features, so no Gaussian assumption is made. Cantelli's one-sided inequality,
         P(W <= 0) <= Var W / (Var W + (E W)^2)   when E W > 0   (else 1),
-    gives c_ij.
+    gives c_ij. Above EXACT_CROSS_MAX target images tr(Sigma_i Sigma_j) is replaced by its
+    Cauchy-Schwarz upper bound (see `pair_moments`): Var W only grows, so this stays a bound.
 
     Union and average. For the episode's classes S and a query of class i,
     P(error) <= min(1, sum_{j in S, j != i} c_ij); averaging over i in S and over uniform S,
@@ -212,10 +241,15 @@ def cantelli_error_bound(features: Tensor, labels: Tensor, n_way: int, k_shot: i
     Raises:
         InputError: n_way or k_shot out of range.
     """
-    classes = int(torch.unique(labels).numel())
+    return cantelli_bound_from_moments(pair_moments(features, labels), n_way, k_shot)
+
+
+def cantelli_bound_from_moments(m: PairMoments, n_way: int, k_shot: int) -> float:
+    """`cantelli_error_bound` from moments computed once (they do not depend on the shape)."""
+    classes = len(m.trace)
     for name, v, low, high in (("n_way", n_way, 2, classes), ("k_shot", k_shot, 1, None)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low or (high and v > high):
             raise InputError(f"{name} must be an integer in [{low}, {high or 'inf'}], got {v!r}")
-    c = cantelli_pair_terms(pair_moments(features, labels), k_shot)
+    c = cantelli_pair_terms(m, k_shot)
     per_class = (c.sum(1) * (n_way - 1) / (classes - 1)).clamp_max(1.0)
     return float(per_class.mean())

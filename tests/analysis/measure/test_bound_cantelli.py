@@ -139,3 +139,22 @@ def test_pair_moments_in_row_blocks_equal_loops(monkeypatch):
     x, y = pool("heavy", classes=5, per=11)
     got = pair_moments(torch.as_tensor(x), torch.as_tensor(y))
     np.testing.assert_allclose(got.cross.numpy(), moments_ref(x, y)["cross"], rtol=1e-9)
+
+
+def test_cauchy_schwarz_cross_term_is_exact_on_the_diagonal_and_an_upper_bound_off_it():
+    """Above EXACT_CROSS_MAX images tr(Sigma_i Sigma_j) is replaced by sqrt(tr Sigma_i^2
+    tr Sigma_j^2): the bound may only grow, and still holds."""
+    from analysis.measure.bound import cantelli_bound_from_moments
+
+    x, y = pool("heavy", per=17)  # unequal counts after dropping some rows below
+    keep = np.arange(len(y)) % 7 != 3
+    x, y = x[keep], y[keep]
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    exact = pair_moments(xt, yt, exact_cross=True)
+    cs = pair_moments(xt, yt, exact_cross=False)
+    np.testing.assert_allclose(cs.cross.diagonal().numpy(), exact.cross.diagonal().numpy(),
+                               rtol=1e-10)
+    assert (cs.cross >= exact.cross - 1e-12).all()
+    for n_way, k_shot in ((5, 1), (5, 5)):
+        assert cantelli_bound_from_moments(cs, n_way, k_shot) >= cantelli_bound_from_moments(
+            exact, n_way, k_shot)
