@@ -40,7 +40,7 @@ def gpus_per_task() -> float:
 
 
 class ProbeProgress:
-    """`[00:12] 3/8 probed · 2 running (t004, t005) · 0 failed · best <metric> 0.612 (t002)`,
+    """`[00:12] 3/8 probed · 2 in progress (t004, t005) · 0 failed · best <metric> 0.612 (t002)`,
     at most every `interval` seconds and whenever a job ends: the line `nctune run` prints."""
 
     def __init__(self, total: int, metric: str, *, shown_as: str = "",
@@ -77,7 +77,7 @@ class ProbeProgress:
         elapsed = int(time.monotonic() - self.start)
         shown = f" ({', '.join(running[:4])})" if running else ""
         text = (f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {self.done + self.failed}/{self.total}"
-                f" probed · {len(running)} running{shown} · {self.failed} failed")
+                f" probed · {len(running)} in progress{shown} · {self.failed} failed")
         if self.best:
             text += f" · best {self.shown_as} {self.best[1]:.3f} ({self.best[0]})"
         return text

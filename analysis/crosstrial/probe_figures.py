@@ -40,12 +40,13 @@ def probe_figure(frame: pd.DataFrame, name: str, y_probe: str | None, folder: Pa
                   (SOURCE_CDNV, y_probe, "source-train CDNV (log; lower = more collapse)",
                    f"new domain: '{name}'")]
     fig = Figure(figsize=(5.5 * len(panels), 4.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
-    for ax, (x, y, xlabel, title) in zip(axes, panels, strict=True):
-        draw_panel(ax, frame, x, y, xlabel, title)
+    # Own y scales: the two domains' accuracies may lie far apart; the question is the ranking.
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
     shape = describe(contract.DEFAULT_SEARCH_METRIC if y_probe.endswith(
         contract.DEFAULT_SEARCH_METRIC) else y_probe.split("/", 2)[2])
-    axes[0].set_ylabel(f"{shape} (%)")
+    for ax, (x, y, xlabel, title) in zip(axes, panels, strict=True):
+        draw_panel(ax, frame, x, y, xlabel, title)
+        ax.set_ylabel(f"{shape} (%)")
     return save_figure(fig, folder / "figures", "probe")["png"]
 
 

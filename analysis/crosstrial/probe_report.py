@@ -128,13 +128,19 @@ def correlation_rows(frame: pd.DataFrame, name: str, *, n_boot: int, seed: int) 
                                        *corr.Estimate.__annotations__])
 
 
-def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per predictor: in-domain and probe estimates with intervals, next to each other."""
+def side_by_side(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """One row per predictor: in-domain and probe estimates with intervals, next to each other.
+
+    A predictor measured on a target (`cdnv/target`, `layer/...`, `transfer/...`) shares its row
+    with the same statistic measured on the probe's data set (`probe/<name>/...`): each side
+    reads its own domain's target.
+    """
     out: dict[str, dict[str, str]] = {}
+    label = {"spearman": "Spearman", "partial_spearman": "partial (given source acc)"}
     for r in table.itertuples():
-        cell = corr.format_ci(r.estimate, r.ci_low, r.ci_high) + (f" (n={r.n_trials})")
-        label = {"spearman": "Spearman", "partial_spearman": "partial (given source acc)"}
-        out.setdefault(r.predictor, {})[f"{r.domain}: {label[r.method]}"] = cell
+        cell = corr.format_ci(r.estimate, r.ci_low, r.ci_high) + f" (n={r.n_trials})"
+        row = r.predictor.removeprefix(contract.probe_key(name, ""))
+        out.setdefault(row, {})[f"{r.domain}: {label[r.method]}"] = cell
     frame = pd.DataFrame.from_dict(out, orient="index").fillna("")
     frame.index.name = "predictor"
     return frame.reset_index()
@@ -226,7 +232,7 @@ def analyze_probe(study_name: str, name: str, tracking_uri: str | None = None,
     (out / "summary.json").write_text(json.dumps({"study": study_name, "probe": name,
                                                   "verdict": lines, "metrics": metrics},
                                                  indent=2, allow_nan=False))
-    wide = side_by_side(table) if len(table) else pd.DataFrame()
+    wide = side_by_side(table, name) if len(table) else pd.DataFrame()
     md = render_markdown(study_name, name, lines, wide, frame, figure)
     (out / "report.md").write_text(md, encoding="utf-8")
     path = out / "report.html"
@@ -254,6 +260,11 @@ def render_markdown(study: str, name: str, lines: list[str], wide: pd.DataFrame,
                 (c.endswith("/ncc/acc") or "/cdnv/" in c))]
     parts = [f"# Probe '{name}' of study '{study}'", "", *[f"- {line}" for line in lines], "",
              "## Does collapse predict transfer, in-domain and on the probe's domain?", "",
+             f"Spearman and partial Spearman with 95% bootstrap intervals over trials, against "
+             f"5-way 5-shot NCC accuracy on the study's own target classes (in-domain) and on "
+             f"'{name}' (probe). Rows measured on a target (cdnv/target, layer/..., "
+             f"transfer/...) read each side's own target; a negative CDNV correlation means "
+             f"more collapse, better transfer.", "",
              md_table(wide) if len(wide) else "(no correlations: too few trials)",
              ""]
     if figure is not None:

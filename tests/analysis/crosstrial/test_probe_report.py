@@ -42,8 +42,11 @@ def test_a_perfect_cross_domain_ranking_is_said_with_its_interval():
                                "transfer to 'digits': Spearman with 5-way 5-shot NCC accuracy "
                                "on 'digits' −1.00 [−1.00, −1.00]")
     assert "in-domain it was" in lines[1]
-    wide = side_by_side(table)
+    wide = side_by_side(table, PROBE).set_index("predictor")
     assert {"in-domain: Spearman", "probe: Spearman"} <= set(wide.columns)
+    # CDNV on each domain's own target shares one row
+    assert wide.loc["cdnv/target", "probe: Spearman"].startswith("−1.00")
+    assert wide.loc["cdnv/target", "in-domain: Spearman"] != ""
 
 
 def test_no_association_is_not_called_a_prediction():
