@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "study.analyze_cmd",
     "study.probe_cmd",
     "study.ui",
+    "study.dashboard",
 ]
 
 

@@ -119,6 +119,12 @@ def best_of(name: str, state: dict) -> str:
         study = load_study(name, state["tracking_uri"], state["experiment"])
     except InputError:
         return "?"
+    if len(state.get("metrics", [])) > 1:
+        from analysis.crosstrial.pareto import pareto_rows
+
+        front = pareto_rows(study.final, state["metrics"], state["modes"])
+        labels = [f"t{int(i):03d}" for i in front["trial_index"]]
+        return f"Pareto set {', '.join(labels)}" if labels else "-"
     best = best_trial(study, state["metric"], state["mode"])
     return f"{best[0]} {state['metric']}={best[1]:.3f}" if best else "-"
 
@@ -134,8 +140,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     study = load_study(args.name, state["tracking_uri"], state["experiment"])
     print(f"Study '{args.name}' ({state['status']}, {len(study.final)} of "
           f"{state['num_samples']} trials logged)")
-    print(trials_table(study, state["metric"]))
-    best = best_trial(study, state["metric"], state["mode"])
+    print(trials_table(study, state.get("metrics") or state["metric"]))
+    if len(state.get("metrics", [])) > 1:
+        from study.summary import pareto_lines
+
+        print("\nPareto set:")
+        for line in pareto_lines(study, state["metrics"], state["modes"]):
+            print(f"  {line}")
+    best = None if len(state.get("metrics", [])) > 1 else best_trial(study, state["metric"],
+                                                                     state["mode"])
     if best:
         print(f"\nBest: {best[0]} with {state['metric']} = {best[1]:.4f}")
     for problem in study.problems:

@@ -44,17 +44,39 @@ class AshaConfig(_Section):
 class SearchConfig(_Section):
     """How Optuna proposes trials and what it optimises."""
 
-    sampler: Literal["tpe", "random", "cmaes", "grid"] = "tpe"
+    sampler: Literal["tpe", "random", "cmaes", "grid", "nsga2"] = "tpe"
     num_samples: int | None = Field(None, ge=1)  # None: the grid's size, else 8
     max_concurrent: int = Field(2, ge=1)
-    metric: str = DEFAULT_SEARCH_METRIC
-    mode: Literal["max", "min"] = "max"
+    # One metric, or a list for a multi-objective search (one mode per metric, e.g. maximise
+    # 5w5s NCC accuracy and source test accuracy): Optuna then keeps a Pareto set, not a best.
+    metric: str | list[str] = DEFAULT_SEARCH_METRIC
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
     seed: int = 0
     asha: AshaConfig | None = None
     max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died
     # A new trial reuses a finished trial's worker process (saves importing torch and timm);
     # off, every trial gets a fresh worker, which also spreads short trials over nodes.
     reuse_actors: bool = True
+    # The Optuna RDB storage that keeps the study (optuna.load_study, optuna-dashboard), e.g. a
+    # team's postgresql://user:pass@host/db; None: sqlite optuna.db beside the MLflow store.
+    storage: str | None = None
+    # Configurations tried first, in order (e.g. the paper's recipe): {flat key: value} over
+    # the searched keys, each value inside its spec.
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+
+
+    def metrics(self) -> list[str]:
+        """The search metrics as a list (one for a single objective)."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    def modes(self) -> list[str]:
+        """The modes as a list, one per metric."""
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the search optimises more than one metric (a Pareto set, not a best)."""
+        return len(self.metrics()) > 1
 
 
 class ResourcesConfig(_Section):
@@ -105,12 +127,15 @@ class StudyConfig(_Section):
         check_registered(self.dataset.name, self.backbone.name)
         check_space(self.space, self.trial_config().flat(), self.search.sampler)
         check_evaluation(self.evaluation)
+        check_points(self.search.points_to_evaluate, self.space)
         produced = self.metric_names()
-        if self.search.metric not in produced:
-            raise ValueError(
-                f"search.metric: no trial reports '{self.search.metric}'; the evaluation "
-                f"section produces e.g. {', '.join(sorted(m for m in produced if '/acc' in m))}"
-            )
+        for metric in self.search.metrics():
+            if metric not in produced:
+                raise ValueError(
+                    f"search.metric: no trial reports '{metric}'; the evaluation section "
+                    f"produces e.g. {', '.join(sorted(m for m in produced if '/acc' in m))}"
+                )
+        check_objectives(self.search)
         if self.training.device == "cuda" and self.resources.gpus_per_trial == 0:
             raise ValueError(
                 "training.device: 'cuda' but resources.gpus_per_trial is 0: Ray would not count "
@@ -175,6 +200,58 @@ class StudyConfig(_Section):
     def tracking_uri(self) -> str:
         """The MLflow store this study writes to (analysis.crosstrial.store resolves every URI)."""
         return resolve_tracking_uri(self.tracking.uri, self.root_dir())
+
+
+def check_objectives(search: SearchConfig) -> None:
+    """One mode per metric, no metric twice; multi-objective only where Optuna and Tune can."""
+    metrics, modes = search.metrics(), search.modes()
+    if len(metrics) != len(modes) and not isinstance(search.mode, str):
+        raise ValueError(f"search.mode: {len(modes)} modes for {len(metrics)} metrics; give "
+                         "one mode per metric")
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(f"search.metric: a metric is listed twice ({', '.join(metrics)})")
+    if search.multi_objective:
+        if isinstance(search.mode, str):
+            raise ValueError("search.mode: a list of metrics needs a list of modes, one each "
+                             f"(e.g. [max, min]); got {search.mode!r}")
+        if search.sampler == "cmaes":
+            raise ValueError("search.sampler: cmaes optimises one metric; for a list of metrics "
+                             "use tpe, nsga2, random or grid")
+        if search.asha is not None:
+            raise ValueError("search.asha: successive halving ranks trials by one metric; "
+                             "leave it out of a multi-objective search")
+
+
+def check_points(points: list[dict[str, Any]], space: dict[str, ParamSpec]) -> None:
+    """Warm-start points name exactly the searched keys, each value inside its spec."""
+    searched = {k: spec for k, spec in space.items() if spec.type != "fixed"}
+    for i, point in enumerate(points):
+        where = f"search.points_to_evaluate[{i}]"
+        if set(point) != set(searched):
+            missing, extra = sorted(set(searched) - set(point)), sorted(set(point) - set(searched))
+            raise ValueError(f"{where}: a point sets every searched key and nothing else "
+                             f"(searched: {', '.join(searched)}"
+                             + (f"; missing: {', '.join(missing)}" if missing else "")
+                             + (f"; not searched: {', '.join(extra)}" if extra else "") + ")")
+        for key, value in point.items():
+            dist = searched[key].distribution()
+            try:
+                inside = dist._contains(dist.to_internal_repr(value))
+            except (ValueError, TypeError):
+                inside = False
+            if not inside:
+                raise ValueError(f"{where}.{key}: {value!r} is outside the space "
+                                 f"({allowed(searched[key])})")
+
+
+def allowed(spec: ParamSpec) -> str:
+    """What a spec allows, in words: `one of [1, 2]` or `1e-05 to 0.01, log scale`."""
+    if spec.type == "categorical":
+        return f"one of {spec.values}"
+    text = f"{spec.low:g} to {spec.high:g}"
+    if spec.step:
+        text += f" in steps of {spec.step:g}"
+    return text + (", log scale" if spec.type == "log_float" or spec.log else "")
 
 
 def check_registered(dataset: str, backbone: str) -> None:

@@ -14,8 +14,10 @@ from pathlib import Path
 from analysis.errors import InputError
 from study.config import StudyConfig
 from study.guard import redact_text, without_credentials
+from study.optuna_store import check_existing, open_storage, storage_url
 from study.presets import read_preset
 from study.progress import quiet_libraries, say
+from study.space import optuna_space
 from study.state import STATE_FILE, StudyState
 from study.tracking import tracking_defaults
 from trainables.data import DataSplits, load_splits
@@ -38,6 +40,7 @@ def check_new_study(cfg: StudyConfig, address: str | None) -> Ready:
     quiet_libraries()
     tracking_defaults()
     check_tracking(cfg.tracking_uri())
+    check_optuna(cfg)
     say(f"Preparing data set '{cfg.dataset.name}' ...")
     data, bank_hashes = prepare_data(cfg)
     return Ready(cfg, data, bank_hashes)
@@ -49,6 +52,8 @@ def check_resumed_study(folder: Path, state: StudyState) -> StudyConfig:
     quiet_libraries()
     tracking_defaults()
     check_tracking(state.tracking_uri)
+    if state.optuna_storage:
+        open_storage(state.optuna_storage)
     return cfg
 
 
@@ -101,6 +106,13 @@ def check_tracking(uri: str) -> None:
         check_tracking_uri(without_credentials(uri))
     except InputError as exc:
         raise InputError(redact_text(str(exc), uri)) from None
+
+
+def check_optuna(cfg: StudyConfig) -> None:
+    """The Optuna storage opens (reachable, password right) and holds no clashing study."""
+    url = storage_url(cfg)
+    storage = open_storage(url)
+    check_existing(storage, cfg.name, optuna_space(cfg.space), cfg.search.modes(), url)
 
 
 def prepare_data(cfg: StudyConfig) -> tuple[DataSplits, dict[str, str]]:

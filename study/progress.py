@@ -58,16 +58,19 @@ def quiet_libraries() -> None:
 def header(cfg: StudyConfig, manifest: dict[str, Any], folder: Path, state: StudyState,
            address: str | None = None, dashboard: bool = False) -> str:
     """The lines a study starts with: what is searched, on what data, and where it all goes."""
-    goal = "maximising" if cfg.search.mode == "max" else "minimising"
+    goals = [("maximising " if mode == "max" else "minimising ") + metric
+             for metric, mode in zip(cfg.search.metrics(), cfg.search.modes(), strict=True)]
+    goal = ("a Pareto front of " if len(goals) > 1 else "") + " and ".join(goals)
     return "\n".join([
         f"Study '{cfg.name}': {state.num_samples} trials, {cfg.search.sampler} sampler, "
         f"{cfg.search.max_concurrent} at a time, {cfg.resources.cpus_per_trial:g} CPU "
         f"+ {cfg.resources.gpus_per_trial:g} GPU each",
-        f"  searching {', '.join(cfg.searched())}; {goal}",
-        f"  {cfg.search.metric}",
+        f"  searching {', '.join(cfg.searched())};",
+        f"  {goal}",
         f"  data: {describe_data(cfg.dataset.name, manifest)}",
         f"  study folder: {folder}",
         f"  MLflow: {redact(state.tracking_uri)} (experiment '{state.experiment}')",
+        f"  Optuna: {redact(state.optuna_storage or '')} (study '{cfg.name}')",
         f"  Ray results: {state.ray_path}/{cfg.name}",
         f"  Ray: {describe_ray(address, dashboard)}",
     ])
@@ -97,12 +100,16 @@ def describe_ray(address: str | None, dashboard: bool) -> str:
 class ProgressPrinter(Callback):
     """What a user watching the terminal needs: counts, each running trial's epoch, the best."""
 
-    def __init__(self, total: int, metric: str, mode: str, *, interval: float = 10.0,
+    def __init__(self, total: int, metric: str | list[str], mode: str | list[str], *,
+                 interval: float = 10.0,
                  stream: TextIO | None = None,
                  label_of: Callable[[str], str] | None = None) -> None:
         self.total = total
-        self.metric = metric
-        self.mode = mode
+        # Several metrics: a multi-objective search, whose line shows the Pareto set.
+        self.metrics = [metric] if isinstance(metric, str) else list(metric)
+        self.modes = [mode] if isinstance(mode, str) else list(mode)
+        self.metric, self.mode = self.metrics[0], self.modes[0]
+        self.points: dict[str, tuple[str, tuple[float, ...]]] = {}  # trial -> (label, values)
         self.interval = interval
         self.stream = stream  # None: sys.stdout at write time (the callback is pickled)
         self.start = time.monotonic()
@@ -137,6 +144,10 @@ class ProgressPrinter(Callback):
         value = result.get(self.metric)
         if isinstance(value, int | float) and not isinstance(value, bool):
             self.latest[trial.trial_id] = (self.label(trial), float(value))
+        values = [v for v in (result.get(m) for m in self.metrics)
+                  if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(values) == len(self.metrics):
+            self.points[trial.trial_id] = (self.label(trial), tuple(map(float, values)))
         status = result.get("trial_status")
         if status in ("diverged", "failed"):
             self.ended[trial.trial_id] = str(status)
@@ -181,10 +192,26 @@ class ProgressPrinter(Callback):
                 f"{len(running)} running" + (f" ({shown})" if shown else "") +
                 (f" · {pending} starting" if pending else "") +
                 f" · {counts['failed']} failed · {counts['diverged']} diverged")
+        if len(self.metrics) > 1:
+            front = self.pareto()
+            return text + (f" · Pareto set {', '.join(front)}" if front else "")
         best = self.best()
         if best:
             text += f" · best {self.metric} {best[1]:.3f} ({best[0]})"
         return text
+
+    def pareto(self) -> list[str]:
+        """Labels of the trials no other dominates on their latest values (a multi-objective
+        search has a Pareto set, not one best)."""
+        import numpy as np
+
+        from analysis.crosstrial.pareto import pareto_mask
+
+        if not getattr(self, "points", None):
+            return []
+        labels, values = zip(*self.points.values(), strict=True)
+        mask = pareto_mask(np.array(values), self.modes)
+        return sorted(label for label, keep in zip(labels, mask, strict=True) if keep)
 
     def best(self) -> tuple[str, float] | None:
         """The best trial by its latest value: the same rule as the final summary's "Best"."""

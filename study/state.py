@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,10 @@ class StudyState:
     mode: str
     finished: str | None = None
     stop_reason: str | None = None  # interrupted, tracking, incomplete, error (when stopped/failed)
+    optuna_storage: str | None = None  # the Optuna RDB storage URL (study.optuna_store)
+    dataset: dict[str, str] = field(default_factory=dict)  # the MLflow dataset input of trials
+    metrics: list[str] = field(default_factory=list)  # every objective (metric = the first)
+    modes: list[str] = field(default_factory=list)
 
     def save(self, folder: Path) -> None:
         """Atomically, readable by its owner only: the tracking URI may carry credentials."""
@@ -80,16 +84,20 @@ def study_folder(name: str, root: str) -> Path:
 def start_study(cfg: StudyConfig, manifest: dict[str, Any],
                 bank_hashes: dict[str, str]) -> tuple[StudyState, Path]:
     """Create the experiment, the parent run and the study folder, before any trial starts."""
+    from study.optuna_store import storage_url
     from study.presets import dump_config
 
     uri = cfg.tracking_uri()
+    optuna_url = storage_url(cfg)
+    metrics, modes = cfg.search.metrics(), cfg.search.modes()
     client, exp_id = open_store(uri, cfg.tracking.experiment, artifact_root(cfg, uri))
     tags = {"nctune.searched": ",".join(cfg.searched()), "nctune.sampler": cfg.search.sampler,
-            "nctune.metric": cfg.search.metric, "nctune.mode": cfg.search.mode,
-            "nctune.code_version": code_version()}
+            "nctune.metric": ",".join(metrics), "nctune.mode": ",".join(modes),
+            "nctune.code_version": code_version(), "nctune.optuna_study": cfg.name,
+            "nctune.optuna_storage": redact(optuna_url)}
     params = {"sampler": cfg.search.sampler, "num_samples": cfg.num_samples,
-              "max_concurrent": cfg.search.max_concurrent, "metric": cfg.search.metric,
-              "mode": cfg.search.mode, "search_seed": cfg.search.seed,
+              "max_concurrent": cfg.search.max_concurrent, "metric": ",".join(metrics),
+              "mode": ",".join(modes), "search_seed": cfg.search.seed,
               "searched": ",".join(cfg.searched()), "dataset": cfg.dataset.name,
               "backbone": cfg.backbone.name, "data_hash": manifest.get("content_hash", ""),
               **{f"episode_bank/{s}": h for s, h in bank_hashes.items()}}
@@ -103,13 +111,32 @@ def start_study(cfg: StudyConfig, manifest: dict[str, Any],
                        experiment=cfg.tracking.experiment, experiment_id=exp_id,
                        parent_run_id=parent, ray_path=cfg.ray_storage(),
                        created=dt.datetime.now().isoformat(timespec="seconds"),
-                       num_samples=cfg.num_samples, metric=cfg.search.metric,
-                       mode=cfg.search.mode)
+                       num_samples=cfg.num_samples, metric=metrics[0], mode=modes[0],
+                       metrics=metrics, modes=modes, optuna_storage=optuna_url,
+                       dataset=dataset_input(cfg, manifest))
     folder = cfg.study_dir()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(dump_config(cfg))
     state.save(folder)
     return state, folder
+
+
+def dataset_input(cfg: StudyConfig, manifest: dict[str, Any]) -> dict[str, str]:
+    """What every trial run shows in MLflow's Datasets panel: name, digest, source, split sizes.
+
+    The digest is the data manifest's content hash (SHA-256 of the split arrays), cut to the 36
+    characters MLflow's dataset table holds; the profile carries it whole.
+    """
+    full = str(manifest.get("content_hash", ""))
+    counts = manifest.get("counts", {})
+    root = cfg.dataset.root
+    profile = {"content_hash": full, "splits": counts, "split_seed": manifest.get("split_seed"),
+               "image_size": manifest.get("image_size")}
+    return {"name": cfg.dataset.name, "digest": full[:36] or "unknown",
+            "source_type": "local" if root else "code",
+            "source": json.dumps({"uri": root} if root else
+                                 {"generator": f"trainables.data ({cfg.dataset.name})"}),
+            "profile": json.dumps(profile, sort_keys=True)}
 
 
 def open_store(uri: str, experiment: str, artifacts: Path | None) -> tuple[Any, str]:

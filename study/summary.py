@@ -44,12 +44,13 @@ def render(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def trials_table(study: StudyRuns, metric: str | None = None) -> str:
+def trials_table(study: StudyRuns, metric: str | list[str] | None = None) -> str:
     """One line per trial: index, status, searched params, epochs, final metrics."""
     final = study.final.sort_values("trial_index")
     metrics = [(k, label) for k, label in SHOWN_METRICS if k in final.columns]
-    if metric and metric in final.columns and metric not in dict(metrics):
-        metrics.append((metric, metric.split("/", 1)[-1]))
+    for extra in [metric] if isinstance(metric, str) else (metric or []):
+        if extra in final.columns and extra not in dict(metrics):
+            metrics.append((extra, extra.split("/", 1)[-1]))
     header = ["trial", "status", *study.searched, "epoch", *[label for _, label in metrics]]
     rows = []
     for _, r in final.iterrows():
@@ -71,8 +72,18 @@ def best_trial(study: StudyRuns, metric: str, mode: str) -> tuple[str, float] | 
     return f"t{int(row['trial_index']):03d}", float(row[metric])
 
 
+def pareto_lines(study: StudyRuns, metrics: list[str], modes: list[str]) -> list[str]:
+    """`t003  fewshot/5w5s/ncc/acc=0.417  source/test_acc=0.29`, one per trial on the front."""
+    from analysis.crosstrial.pareto import pareto_rows
+
+    front = pareto_rows(study.final, metrics, modes)
+    return [f"t{int(r['trial_index']):03d}  " + "  ".join(f"{m}={r[m]:.4f}" for m in metrics)
+            for _, r in front.iterrows()]
+
+
 def summarize(state: StudyState) -> tuple[str, float] | None:
-    """Print the trials table and the best trial (returned)."""
+    """Print the trials table and the best trial (returned); a multi-objective study prints its
+    Pareto set instead and returns None."""
     from mlflow.exceptions import MlflowException
 
     from analysis.crosstrial.runs import load_study
@@ -82,7 +93,17 @@ def summarize(state: StudyState) -> tuple[str, float] | None:
     except (InputError, MlflowException) as exc:
         say(f"  (no summary: {redact_text(str(exc), state.tracking_uri)})")
         return None
-    say("\n" + trials_table(study, state.metric))
+    say("\n" + trials_table(study, state.metrics or state.metric))
+    if len(state.metrics) > 1:
+        front = pareto_lines(study, state.metrics, state.modes)
+        say(f"\nPareto set ({len(front)} of {len(study.final)} trials; "
+            + ", ".join(f"{mode} {m}" for m, mode in zip(state.metrics, state.modes,
+                                                          strict=True)) + "):")
+        for line in front:
+            say(f"  {line}")
+        for problem in study.problems:
+            say(f"  note: {problem}")
+        return None
     best = best_trial(study, state.metric, state.mode)
     if best:
         say(f"\nBest: {best[0]} with {state.metric} = {best[1]:.4f}")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -39,12 +40,13 @@ class MLflowTrialLogger(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
-                 searched: list[str]) -> None:
+                 searched: list[str], dataset: dict[str, str] | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.study = study
         self.searched = searched
+        self.dataset = dataset or {}
         self.runs: dict[str, str] = {}
         self.index: dict[str, int] = {}
         self.last_step: dict[str, int] = {}
@@ -143,6 +145,9 @@ class MLflowTrialLogger(Callback):
         self._checked.add(tid)
         params = flat_params(trial.config)  # < 100 keys: one batch
         retry(lambda: self.client.log_batch(run_id, params=params))
+        inputs = dataset_inputs(getattr(self, "dataset", {}))
+        if inputs:
+            retry(lambda: self.client.log_inputs(run_id, datasets=inputs))
 
     def _result(self, trial: Any, result: dict) -> None:
         tid = trial.trial_id
@@ -173,3 +178,14 @@ class MLflowTrialLogger(Callback):
             return
         self.status[tid] = status
         finish_run(self.client, self.runs[tid], status, error)
+
+
+def dataset_inputs(dataset: dict[str, str]) -> list[DatasetInput]:
+    """The study's data set as an MLflow dataset input (study.state.dataset_input builds it)."""
+    if not dataset:
+        return []
+    entity = Dataset(name=dataset["name"], digest=dataset["digest"],
+                     source_type=dataset["source_type"], source=dataset["source"],
+                     profile=dataset.get("profile"))
+    return [DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])]
+

@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from study.config import StudyConfig
+from study.optuna_store import TRIAL_ID_ATTR, mark_orphans, open_storage, storage_url
 from study.probe_keep import KeepEvaluatedWeights
 from study.progress import ProgressPrinter
 from study.space import fixed_values, optuna_space
@@ -58,24 +59,61 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch that ignores results without the metric, and results it has seen.
+    """OptunaSearch on the study's persisted Optuna study (study.optuna_store), made resumable.
 
     Trials report training metrics every epoch but evaluate only every `eval_every` epochs;
     stock OptunaSearch indexes result[metric] on every result and would fail those. A trial
-    restarted from a checkpoint reports some iterations again; Optuna warns on each repeat.
-    Its whole __dict__ (the sampler's RNG, the Optuna study, `_reported`) is pickled with the
-    experiment, which is what makes a resumed study propose what an uninterrupted one would.
+    restarted from a checkpoint reports some iterations again, and may complete again after
+    the storage recorded its first completion: neither is told twice. Its whole __dict__ (the
+    sampler's RNG, the Optuna study, `_reported`) is pickled with the experiment, which is what
+    makes a resumed study propose what an uninterrupted one would.
     """
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ask Optuna, and tag the new Optuna trial with the Tune trial id (MLflow's tag too)."""
+        new = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
+        return params
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Report the metric as the trial's intermediate value at this epoch, once."""
         if not (isinstance(self.metric, str) and self.metric in result):
             return
         reported = self.__dict__.setdefault("_reported", {})
         step = int(result.get("training_iteration", 0))
-        if step <= reported.get(trial_id, 0):
+        if step <= reported.get(trial_id, 0) or self._finished(trial_id):
             return
         reported[trial_id] = step
         super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        """Tell Optuna the final value(s), unless the storage has them from before a resume."""
+        if trial_id in self._ot_trials and self._finished(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore the searcher, then fail storage trials proposed after Tune's snapshot."""
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        mark_orphans(self.study, known)
+
+    def _finished(self, trial_id: str) -> bool:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return False
+        state = self.study._storage.get_trial(ot_trial._trial_id).state
+        return bool(state.is_finished())
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study (created with the searcher: the space is given up front)."""
+        assert self._ot_study is not None
+        return self._ot_study
 
 
 def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -86,6 +124,8 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(grid, seed=seed)
     if cfg.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if cfg.search.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed)
@@ -118,8 +158,8 @@ def study_callbacks(cfg: StudyConfig, state: StudyState,
                     extra: Sequence[tune.Callback] = ()) -> list[tune.Callback]:
     """The MLflow logger, the progress line, then the caller's own callbacks (benchmarks)."""
     tracker = MLflowTrialLogger(state.tracking_uri, state.experiment_id, state.parent_run_id,
-                                cfg.name, cfg.searched())
-    progress = ProgressPrinter(cfg.num_samples, cfg.search.metric, cfg.search.mode,
+                                cfg.name, cfg.searched(), state.dataset)
+    progress = ProgressPrinter(cfg.num_samples, cfg.search.metrics(), cfg.search.modes(),
                                label_of=tracker.label)
     # training.keep_checkpoints: evaluated keeps every evaluated epoch's weights for `nctune
     # probe`, beside Tune's newest two: Tune's own retention, and so resume, stays as it is.
@@ -138,16 +178,37 @@ def quiet_ray_output() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def make_search(cfg: StudyConfig, state: StudyState) -> StudySearch:
+    """The searcher on the study's Optuna storage, warm-started with search.points_to_evaluate."""
+    url = state.optuna_storage or storage_url(cfg)
+    search = StudySearch(space=optuna_space(cfg.space), metric=objective(cfg.search.metrics()),
+                         mode=objective(cfg.search.modes()), sampler=make_sampler(cfg),
+                         study_name=cfg.name, storage=open_storage(url),
+                         points_to_evaluate=[dict(p) for p in cfg.search.points_to_evaluate])
+    study = search.study
+    study.set_metric_names(cfg.search.metrics())  # optuna-dashboard's axis, not "Objective 0"
+    for key, value in {"nctune.study": cfg.name, "mlflow.experiment": state.experiment,
+                       "mlflow.parent_run_id": state.parent_run_id,
+                       "nctune.metric": ",".join(cfg.search.metrics())}.items():
+        study.set_user_attr(key, value)
+    return search
+
+
+def objective(values: list[str]) -> str | list[str]:
+    """One metric (or mode) as a string, several as a list: OptunaSearch's two forms."""
+    return values[0] if len(values) == 1 else values
+
+
 def build_tuner(cfg: StudyConfig, state: StudyState,
                 callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
     """A new study's Tuner; `callbacks` run after nctune's own (they are pickled with it)."""
     quiet_ray_output()
-    search = StudySearch(space=optuna_space(cfg.space), metric=cfg.search.metric,
-                         mode=cfg.search.mode, sampler=make_sampler(cfg))
+    search = make_search(cfg, state)
     scheduler = None
     if cfg.search.asha is not None:
-        scheduler = ASHAScheduler(time_attr="epoch", metric=cfg.search.metric,
-                                  mode=cfg.search.mode, max_t=cfg.training.epochs,
+        # A single objective (config-checked): successive halving ranks by one metric.
+        scheduler = ASHAScheduler(time_attr="epoch", metric=cfg.search.metrics()[0],
+                                  mode=cfg.search.modes()[0], max_t=cfg.training.epochs,
                                   grace_period=cfg.search.asha.grace_period,
                                   reduction_factor=cfg.search.asha.reduction_factor)
     tune_config = tune.TuneConfig(

@@ -92,8 +92,9 @@ def check_store(uri: str) -> str:
     return scheme
 
 
-def pick_port(port: int | None) -> int:
-    """The requested port if free (else one clear error); by default 5000, else any free one."""
+def pick_port(port: int | None, default: int = DEFAULT_PORT) -> int:
+    """The requested port if free (else one clear error); by default `default`, else any free
+    one."""
     if port is not None:
         if not 1 <= port <= 65535:
             raise InputError(f"--port: {port} is not a port number (1-65535)")
@@ -101,8 +102,8 @@ def pick_port(port: int | None) -> int:
             raise InputError(f"--port: {port} is in use on {HOST}; pick another, or leave "
                              "--port out to get a free one")
         return port
-    if port_free(DEFAULT_PORT):
-        return DEFAULT_PORT
+    if port_free(default):
+        return default
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
@@ -148,9 +149,10 @@ def server_command(uri: str, port: int, root: str) -> list[str]:
             "--default-artifact-root", artifacts, "--artifacts-destination", artifacts]
 
 
-def log_path(root: str) -> Path:
+def log_path(root: str, name: str = "mlflow-ui.log") -> Path:
+    """Where a server's log goes: under the storage root, else the temp folder."""
     folder = Path(root).expanduser().resolve()
-    return (folder if folder.is_dir() else Path(tempfile.gettempdir())) / "mlflow-ui.log"
+    return (folder if folder.is_dir() else Path(tempfile.gettempdir())) / name
 
 
 def wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:

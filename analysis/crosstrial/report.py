@@ -28,6 +28,7 @@ from analysis.crosstrial import layers as layer_mod
 from analysis.crosstrial import leaderboard as lb
 from analysis.crosstrial import trends as trend_mod
 from analysis.crosstrial.correlate import format_ci
+from analysis.crosstrial.pareto import pareto_figures
 from analysis.crosstrial.report_render import HEADLINE_X, ci_text, pval, render
 from analysis.crosstrial.runs import StudyRuns, describe, load_study
 from analysis.errors import InputError
@@ -252,7 +253,8 @@ def _figures(study: StudyRuns, t: dict[str, Any], folder: Path, seed: int) -> li
     if s is not None and np.isfinite(s.estimate):
         rho = f"Spearman ρ = {ci_text(s)}\n" + (f"(95% CI, {s.n_trials} trials)" if np.isfinite(
             s.ci_low) else f"({s.n_trials} trials: too few for a CI)")
-    return figs.study_figures(study, t, folder, color_by=color_by, rho_text=rho, seed=seed)
+    return (figs.study_figures(study, t, folder, color_by=color_by, rho_text=rho, seed=seed)
+            + pareto_figures(study.final, study.tags, folder))
 
 
 def metric_slug(name: str) -> str:

@@ -163,7 +163,25 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
                            t["bound_summary"])]},
         {"id": "trials", "title": "Trials", "figures": [],
          "tables": [_table("Every trial at its final evaluated epoch", trials)]},
+        *_pareto_section(study),
     ]
+
+
+def _pareto_section(study: StudyRuns) -> list[dict[str, Any]]:
+    """A multi-objective study's Pareto front: its figure and its trials ([] otherwise)."""
+    from analysis.crosstrial.pareto import objectives, pareto_rows
+
+    metrics, modes = objectives(study.tags)
+    if len(metrics) < 2:
+        return []
+    front = pareto_rows(study.final, metrics, modes)
+    cols = ["trial_index", "run_name", *study.searched, *metrics]
+    return [{"id": "pareto", "title": "Pareto front", "figures": ["pareto_front"],
+             "lines": [f"{len(front)} trials are on the front of "
+                       + " and ".join(f"{m} ({mode})" for m, mode in
+                                      zip(metrics, modes, strict=True)) + "."],
+             "tables": [_table("Trials on the Pareto front",
+                               front[[c for c in dict.fromkeys(cols) if c in front]])]}]
 
 
 def render(fmt: str, study: StudyRuns, t: dict[str, Any], verdict: list[str],

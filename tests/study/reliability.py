@@ -199,3 +199,25 @@ def audit(cfg: StudyConfig, uri: str) -> dict[str, Any]:
         "parent": (parent.info.status, parent.data.tags["nctune.status"]),
         "configs": [tuple(r.data.params.get(k) for k in cfg.searched()) for r in children],
     }
+
+
+def optuna_audit(cfg: StudyConfig, uri: str) -> dict[str, Any]:
+    """What the study's Optuna storage holds, set against its MLflow runs: complete trials, the
+    Tune trial ids of those (MLflow's `nctune.trial_id` tags must be the same set) and whether
+    each complete trial's parameters equal its MLflow run's."""
+    import optuna
+
+    from study.optuna_store import TRIAL_ID_ATTR, storage_url
+
+    study = optuna.load_study(study_name=cfg.name, storage=storage_url(cfg))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    _, children = study_runs(uri, cfg.name)
+    runs = {r.data.tags["nctune.trial_id"]: r for r in children}
+    ids = [t.user_attrs.get(TRIAL_ID_ATTR) for t in complete]
+    same_params = all(
+        tid in runs and all(runs[tid].data.params.get(k) == str(v) for k, v in t.params.items())
+        for tid, t in zip(ids, complete, strict=True))
+    return {"optuna_complete": len(complete), "optuna_trial_ids": sorted(map(str, ids)),
+            "mlflow_trial_ids": sorted(runs), "optuna_params_match_mlflow": same_params,
+            "optuna_running": len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,)))}
+

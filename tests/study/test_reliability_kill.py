@@ -21,6 +21,7 @@ from tests.study.reliability import (
     audit,
     kill_study,
     live_results,
+    optuna_audit,
     result_lines,
     study_runs,
     this_session,
@@ -120,6 +121,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_study(point, tmp_path, loca
     assert got["trials_completed"] == got["child_runs"] == cfg.num_samples
     assert got["duplicated_steps"] == got["missing_steps"] == 0
     assert got["runs_running"] == 0
+    # The Optuna storage holds the same trials, each once (orphans proposed after Tune's last
+    # snapshot are failed, never complete), and nothing left RUNNING.
+    opt = optuna_audit(cfg, cfg.tracking_uri())
+    print(json.dumps({"kill_point": point, **{k: v for k, v in opt.items() if "ids" not in k}}))
+    assert opt["optuna_complete"] == cfg.num_samples and opt["optuna_running"] == 0
+    assert opt["optuna_trial_ids"] == opt["mlflow_trial_ids"]
+    assert opt["optuna_params_match_mlflow"]
     assert got["parent"] == ("FINISHED", "completed")
     # every stage's series (evaluation.layers: stages) was resumed without a duplicate step
     layer_keys = [k for k in cfg.metric_names() if k.startswith("layer/")]

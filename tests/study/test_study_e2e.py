@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -65,6 +66,27 @@ def test_three_trials_log_every_metric_at_every_epoch(tmp_path, local_ray):
     for artifact in ("config.yaml", "space.json", "manifest.json"):
         assert artifact in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert (tmp_path / "studies" / "tiny" / "config.yaml").exists()
+    # The Optuna study, as a user opens it: every trial complete with its final value, one
+    # intermediate value per evaluated epoch, and the id that is its MLflow run's tag.
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+    by_id = {r.data.tags["nctune.trial_id"]: r for r in children}
+    for trial in study.trials:
+        run = by_id[trial.user_attrs["nctune.trial_id"]]
+        metric = client.get_metric_history(run.info.run_id, cfg.search.metric)
+        assert trial.intermediate_values == {m.step: m.value for m in metric}
+        assert trial.value == max(metric, key=lambda m: m.step).value
+        assert {k: str(v) for k, v in trial.params.items()} == {
+            k: run.data.params[k] for k in trial.params}
+    assert study.user_attrs["mlflow.parent_run_id"] == parent.info.run_id
+    # Each trial run's Datasets panel: the data set, its manifest hash, its split sizes.
+    for run in children:
+        (given,) = run.inputs.dataset_inputs
+        assert (given.dataset.name, given.dataset.source_type) == ("glyphs", "code")
+        profile = json.loads(given.dataset.profile)
+        assert profile["content_hash"].startswith(given.dataset.digest)
+        assert len(given.dataset.digest) == 36
+        assert profile["splits"]["target"]["classes"] == cfg.dataset.num_target_classes
 
 
 def test_a_diverging_trial_is_marked_and_the_study_completes(tmp_path, local_ray):

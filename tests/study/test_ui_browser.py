@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -260,3 +262,48 @@ def test_parent_run_has_the_description_and_the_report_as_artifacts(driver, ui, 
             "&& i.complete && i.naturalWidth > 100)"))
         assert "analysis/figures/cdnv_over_epochs.png" in page_text(driver)
         shot(driver, "6-parent-artifacts-figure")
+
+
+# ---- optuna-dashboard: the Optuna view of the same study ---------------------------------------
+@pytest.fixture(scope="module")
+def dashboard(study) -> Iterator[UIProcess]:
+    """`nctune dashboard STUDY` on a free port; Ctrl-C at the end must stop it with status 0."""
+    proc = UIProcess(subprocess.Popen(
+        [sys.executable, "-m", "study.cli", "dashboard", STUDY, "--root", str(study["root"]),
+         "--port", str(free_port())], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+    try:
+        proc.wait_for("Ctrl-C")
+        yield proc
+        assert proc.interrupt() == 0, "\n".join(proc.lines)
+    finally:
+        proc.kill()
+
+
+def plotted_points(driver: Any, plot_id: str) -> list[int]:
+    """Points per trace of a plotly chart on the page ([] while it is not drawn)."""
+    return list(driver.execute_script(
+        "const p = document.getElementById(arguments[0]);"
+        "return p && p.data ? p.data.map(t => (t.x || []).length) : [];", plot_id))
+
+
+def test_optuna_dashboard_shows_the_history_and_every_trial(driver, dashboard, study):
+    metric = study["state"].metric
+    with step(driver, "dashboard-history"):
+        driver.get(dashboard.url(f"study '{STUDY}'"))
+        wait(driver, "the history plot with one point per trial",
+             lambda d: max(plotted_points(d, "plot-history"), default=0) == 3)
+        text = page_text(driver)
+        assert "History" in text and f"{STUDY} (id=" in text
+        assert metric in text  # the objective is named after the metric, not "Objective 0"
+        assert max(plotted_points(driver, "graph-intermediate-values"), default=0) == 2  # epochs
+        shot(driver, "7-optuna-dashboard-history")
+    with step(driver, "dashboard-trials"):
+        driver.get(dashboard.url(f"study '{STUDY}'") + "/trials")
+        wait(driver, "the trial list", lambda d: "3 Trials" in page_text(d))
+        text = page_text(driver)
+        for number in range(3):
+            assert f"Trial {number}Complete" in text
+        assert "nctune.trial_id" in text  # the key to the trial's MLflow run
+        shot(driver, "8-optuna-dashboard-trials")
+
