@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,20 @@ class StudySearch(OptunaSearch):
         return self._ot_study
 
 
+class ResumableNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II that pickles: Optuna 5 keeps a thread lock in it, and Ray Tune pickles the
+    searcher (with its sampler and its random state) into every experiment snapshot."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import threading
+
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     """The Optuna sampler `search.sampler` names, seeded with `search.seed`."""
     seed = cfg.search.seed
@@ -125,7 +140,7 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     if cfg.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return ResumableNSGAII(seed=seed)
     if cfg.search.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed)
@@ -186,7 +201,9 @@ def make_search(cfg: StudyConfig, state: StudyState) -> StudySearch:
                          study_name=cfg.name, storage=open_storage(url),
                          points_to_evaluate=[dict(p) for p in cfg.search.points_to_evaluate])
     study = search.study
-    study.set_metric_names(cfg.search.metrics())  # optuna-dashboard's axis, not "Objective 0"
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged through 5.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(cfg.search.metrics())  # optuna-dashboard's axis, not "Objective 0"
     for key, value in {"nctune.study": cfg.name, "mlflow.experiment": state.experiment,
                        "mlflow.parent_run_id": state.parent_run_id,
                        "nctune.metric": ",".join(cfg.search.metrics())}.items():
