@@ -121,6 +121,8 @@ class ProgressPrinter(Callback):
         self.label_of = label_of  # the tracker's numbering, so terminal and MLflow agree
 
     def label(self, trial: Any) -> str:
+        """A trial's short name (t001, ...): the tracker's, so the progress line and MLflow agree.
+        """
         if self.label_of is not None:
             return self.label_of(trial.trial_id)
         if trial.trial_id not in self.labels:
@@ -130,15 +132,19 @@ class ProgressPrinter(Callback):
     def setup(self, stop: Any = None, num_samples: int | None = None,
               total_num_samples: int | None = None, **info: Any) -> None:
         # Called when Tuner.fit starts, also after a resume (this object was unpickled then).
+        """Tune hook when Tuner.fit starts (also after a resume): restart the clock."""
         self.start = time.monotonic()
         self.last_print = 0.0
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune hook: give the trial its label and note its epoch budget."""
         self.label(trial)
         self.epochs.setdefault(trial.trial_id, (0, int(trial.config.get("epochs", 0))))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        """Tune hook: keep the trial's epoch, latest search metric(s) and status; refresh the line.
+        """
         epoch = int(result.get("epoch", 0))
         self.epochs[trial.trial_id] = (epoch, int(trial.config.get("epochs", 0)))
         value = result.get(self.metric)
@@ -156,24 +162,30 @@ class ProgressPrinter(Callback):
         self.maybe_print(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune hook: the trial ended; print the line at once."""
         self.ended.setdefault(trial.trial_id, "done")
         self.maybe_print(trials, force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune hook: the trial failed; print its error's last line, then the progress line."""
         self.ended[trial.trial_id] = "failed"
         self.write(f"  {self.label(trial)} failed: {last_line(trial_error(trial))}")
         self.maybe_print(trials, force=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Tune hook after each loop step: print the line if the interval has passed."""
         self.maybe_print(trials)
 
     def maybe_print(self, trials: list, force: bool = False) -> None:
+        """Print the progress line at most every `interval` seconds (always when forced)."""
         now = time.monotonic()
         if force or now - self.last_print >= self.interval:
             self.last_print = now
             self.write(self.line(trials))
 
     def line(self, trials: list) -> str:
+        """The one-line status: elapsed time, trials finished, running, failed and diverged, and the
+        best so far."""
         running = [t for t in trials if t.status == "RUNNING" and t.trial_id not in self.ended]
         pending = sum(1 for t in trials if t.status == "PENDING")
         # After a resume, trials that ended before it are known only by their Tune status.
@@ -221,6 +233,8 @@ class ProgressPrinter(Callback):
         return pick(self.latest.values(), key=lambda item: item[1])
 
     def write(self, text: str) -> None:
+        """Print to the configured stream (stdout by default), flushed: progress must show while Ray
+        runs."""
         print(text, file=self.stream or sys.stdout, flush=True)
 
 

@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from analysis import contract as names
 from analysis.crosstrial.runs import StudyRuns
 from analysis.errors import InputError
 from study.guard import redact_text
@@ -17,12 +18,12 @@ from study.progress import say
 from study.state import DEFAULT_ROOT, StudyState
 
 SHOWN_METRICS = [
-    ("source/test_acc", "src_acc"),
-    ("cdnv/source_train", "cdnv_src_tr"),
-    ("cdnv/source_test", "cdnv_src_te"),
-    ("cdnv/target", "cdnv_tgt"),
-    ("fewshot/5w1s/ncc/acc", "5w1s_ncc"),
-    ("fewshot/5w5s/ncc/acc", "5w5s_ncc"),
+    (names.SOURCE_TEST_ACC, "src_acc"),
+    (names.collapse_key("cdnv", names.SOURCE_TRAIN), "cdnv_src_tr"),
+    (names.collapse_key("cdnv", names.SOURCE_TEST), "cdnv_src_te"),
+    (names.CDNV_TARGET, "cdnv_tgt"),
+    (names.fewshot_key("5w1s", names.PRIMARY_CLASSIFIER), "5w1s_ncc"),
+    (names.fewshot_key("5w5s", names.PRIMARY_CLASSIFIER), "5w5s_ncc"),
 ]
 
 

@@ -19,6 +19,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from analysis.contract import TRAIN_LOSS
 from study.resume import reconcile
 from study.tracking import (
     TrackingUnavailable,
@@ -66,43 +67,57 @@ class MLflowTrialLogger(Callback):
 
     @property
     def client(self) -> MlflowClient:
+        """The MLflow client, made lazily: the callback is pickled with Tune's state, a client is
+        not."""
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
     # ---- Tune hooks -------------------------------------------------------------------------
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Tune hook: on the first step after a restore, reconcile MLflow with the restored trials.
+        """
         if self.restored:
             self.restored = False
             self._guard(lambda: reconcile(self, trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune hook: open the trial's child run (or continue the one it has)."""
         self._guard(lambda: self._start(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        """Tune hook: log the result's contract metrics at step = epoch, never a step twice."""
         self._guard(lambda: self._result(trial, result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune hook: end the trial's run with its status (completed, diverged, or failed with its
+        error)."""
         status = self.status.get(trial.trial_id) or end_status(trial)
         error = (trial.last_result or {}).get("error") if status == "failed" else None
         self._guard(lambda: self._finish(trial.trial_id, status, error=error))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune hook: end the trial's run as failed, with its error as a tag."""
         text = trial_error(trial) or "unknown error"
         self._guard(lambda: self._finish(trial.trial_id, "failed", error=text))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Tune hook: end as stopped the runs of trials Tune ended without completing them."""
         for trial in trials:  # trials Tune ended without a completion (e.g. a stop)
             if trial.trial_id in self.runs and trial.trial_id not in self.status:
                 self._guard(partial(self._finish, trial.trial_id, "stopped"))
 
     # ---- state --------------------------------------------------------------------------------
     def get_state(self) -> dict | None:
+        """What Tune snapshots with the experiment: trial -> run map, indices, last steps, statuses.
+        """
         return {"runs": dict(self.runs), "index": dict(self.index),
                 "last_step": dict(self.last_step), "status": dict(self.status)}
 
     def set_state(self, state: dict) -> None:
+        """Restore that snapshot; each run's last step is re-read from MLflow before it is logged to
+        again."""
         self.runs = dict(state.get("runs", {}))
         self.index = dict(state.get("index", {}))
         self.last_step = dict(state.get("last_step", {}))
@@ -167,7 +182,7 @@ class MLflowTrialLogger(Callback):
         """The last logged step; after a driver restart, re-read it from the store once."""
         if tid not in self._checked:
             history = retry(lambda: self.client.get_metric_history(self.runs[tid],
-                                                                   "source/train_loss"))
+                                                                   TRAIN_LOSS))
             stored = max((m.step for m in history), default=0)
             self.last_step[tid] = stored
             self._checked.add(tid)

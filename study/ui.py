@@ -44,6 +44,7 @@ SERVABLE_SCHEMES = ("sqlite", "file", "postgresql", "mysql", "mssql")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add `nctune ui` to the CLI."""
     p = sub.add_parser(
         "ui", help="open a study in the MLflow UI (on 127.0.0.1; Ctrl-C stops it)",
         description="Start the MLflow UI on a study's tracking store, bound to 127.0.0.1, and "
@@ -185,6 +186,7 @@ def experiment_id_of(base: str, target: Target) -> str | None:
 
 
 def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a server's log file, for the error shown when it fails to start."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -231,6 +233,7 @@ def interruptible() -> Iterator[None]:
 
 
 def say(text: str = "") -> None:
+    """Print a line at once (the server keeps running after it)."""
     print(text, flush=True)
 
 

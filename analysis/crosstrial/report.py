@@ -283,7 +283,8 @@ def _headline_metrics(study: StudyRuns, t: dict[str, Any]) -> dict[str, float]:
         m[analysis_key("within_trial", "frac_falls_while_rises")] = \
             ts["n_falls_while_rises"] / ts["n_trials"]
     for r in t["bound_summary"].itertuples():  # analysis/bound/<shape>/..., bound_cantelli/...
-        family = "bound" if r.bound_name == "cdnv" else f"bound_{r.bound_name}"
+        family = names.family_of(names.bound_key(r.shape) if r.bound_name == "cdnv"
+                                 else names.bound_cantelli_key(r.shape))
         for stat in ("holds_frac", "non_vacuous_frac", "median_ratio"):
             m[analysis_key(family, r.shape, stat)] = float(getattr(r, stat))
     m.update(layer_mod.layer_parent_metrics(t["layers"]))

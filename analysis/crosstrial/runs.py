@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis import contract as names
 from analysis.crosstrial.store import check_tracking_uri, resolve_tracking_uri
 from analysis.errors import InputError
 
 DEFAULT_EXPERIMENT = "nctune"
 # Metric whose steps define "an epoch was trained" and whose non-finite values mean divergence.
-TRAIN_METRIC = "source/train_loss"
+TRAIN_METRIC = names.TRAIN_LOSS
 # Metrics that exist only at evaluation epochs; the final row is the last epoch that has one.
-EVAL_METRIC = "cdnv/target"
+EVAL_METRIC = names.CDNV_TARGET
 USABLE_STATUSES = ("completed", "stopped")
 META = ["trial_index", "run_id", "run_name", "trial_id", "status"]
 # MLflow's SQL stores replace +/-inf by +/-max float64; map them back so divergence shows.
@@ -283,7 +284,7 @@ def _flag(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
         last = int(h["epoch"].max()) if len(h) else 0
         missing = sorted(set(range(1, last + 1)) - set(trained.astype(int)))
         eval_cols = [c for c in h.columns if c == EVAL_METRIC or
-                     (c.startswith("fewshot/") and c.endswith("/acc"))]
+                     names.is_fewshot_acc(c)]
         evaluated = (h.loc[h[eval_cols].notna().any(axis=1), "epoch"] if eval_cols
                      else h["epoch"][:0])
         bad_loss = h.loc[~np.isfinite(h[TRAIN_METRIC].astype(float)) & h[TRAIN_METRIC].notna(),
