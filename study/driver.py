@@ -73,7 +73,8 @@ def resume_study(name: str, root: str, *, address: str | None = None, report: bo
         state.save(folder)
         try:
             init_ray(address, dashboard=dashboard)
-            tuner = restore_tuner(cfg, state) if restorable else build_tuner(cfg, state)
+            tuner = (restore_tuner(cfg, state) if restorable
+                     else build_tuner(cfg, state, resumed=True))
         except KeyboardInterrupt:
             return stopped(state, folder, "interrupted")
         return execute(tuner, state, folder, report)

@@ -193,14 +193,22 @@ def quiet_ray_output() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def make_search(cfg: StudyConfig, state: StudyState) -> StudySearch:
-    """The searcher on the study's Optuna storage, warm-started with search.points_to_evaluate."""
-    url = state.optuna_storage or storage_url(cfg)
+def make_search(cfg: StudyConfig, state: StudyState, *, resumed: bool = False) -> StudySearch:
+    """The searcher on the study's Optuna storage, warm-started with search.points_to_evaluate.
+
+    `resumed`: the driver died before Tune saved anything; the storage may hold the warm-start
+    points it enqueued (not enqueued again) and trials it proposed (failed: none ran).
+    """
+    storage = open_storage(state.optuna_storage or storage_url(cfg))
+    points = [dict(p) for p in cfg.search.points_to_evaluate]
+    if resumed and cfg.name in {s.study_name for s in storage.get_all_studies()}:
+        points = []  # enqueued by the first start: waiting there, or proposed already
     search = StudySearch(space=optuna_space(cfg.space), metric=objective(cfg.search.metrics()),
                          mode=objective(cfg.search.modes()), sampler=make_sampler(cfg),
-                         study_name=cfg.name, storage=open_storage(url),
-                         points_to_evaluate=[dict(p) for p in cfg.search.points_to_evaluate])
+                         study_name=cfg.name, storage=storage, points_to_evaluate=points)
     study = search.study
+    if resumed:
+        mark_orphans(study, known=set())
     with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged through 5.x
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(cfg.search.metrics())  # optuna-dashboard's axis, not "Objective 0"
@@ -216,11 +224,12 @@ def objective(values: list[str]) -> str | list[str]:
     return values[0] if len(values) == 1 else values
 
 
-def build_tuner(cfg: StudyConfig, state: StudyState,
-                callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
-    """A new study's Tuner; `callbacks` run after nctune's own (they are pickled with it)."""
+def build_tuner(cfg: StudyConfig, state: StudyState, callbacks: Sequence[tune.Callback] = (),
+                *, resumed: bool = False) -> tune.Tuner:
+    """A new study's Tuner; `callbacks` run after nctune's own (they are pickled with it).
+    `resumed`: a study resumed before Tune saved any state (see make_search)."""
     quiet_ray_output()
-    search = make_search(cfg, state)
+    search = make_search(cfg, state, resumed=resumed)
     scheduler = None
     if cfg.search.asha is not None:
         # A single objective (config-checked): successive halving ranks by one metric.

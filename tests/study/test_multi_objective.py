@@ -1,5 +1,6 @@
 """Multi-objective search: a list of metrics and modes, Optuna's Pareto set everywhere a single
-objective shows its best (progress line, summary, `nctune ls`, the report's Pareto front)."""
+objective shows its best (progress line, summary, `nctune ls`, the report's Pareto front); and a
+warm-start point, tried first."""
 
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def test_bad_objectives_are_one_config_error(search, expected, tmp_path):
 
 @pytest.mark.slow
 def test_a_two_objective_study_reports_its_pareto_front(tmp_path, local_ray, capsys):
-    cfg = tiny_study(tmp_path, name="pareto", search={**TWO, "sampler": "nsga2"})
+    point = {"weight_decay": 1e-3, "label_smoothing": 0.05}  # a warm start, tried first
+    cfg = tiny_study(tmp_path, name="pareto",
+                     search={**TWO, "sampler": "nsga2", "points_to_evaluate": [point]})
     state = run_study(cfg, report=True)
     assert state.status == "completed"
     out = capsys.readouterr().out
@@ -62,6 +65,7 @@ def test_a_two_objective_study_reports_its_pareto_front(tmp_path, local_ray, cap
     assert study.metric_names == TWO["metric"]
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 3 and all(len(t.values) == 2 for t in complete)
+    assert study.trials[0].params == point
     # Optuna's own Pareto set is the one nctune prints: the same trials, by their MLflow label.
     from mlflow.tracking import MlflowClient
 
@@ -69,6 +73,9 @@ def test_a_two_objective_study_reports_its_pareto_front(tmp_path, local_ray, cap
     runs = client.search_runs([state.experiment_id],
                               f"tags.mlflow.parentRunId = '{state.parent_run_id}'")
     label = {r.data.tags["nctune.trial_id"]: r.info.run_name.split()[0] for r in runs}
+    warm = next(r for r in runs
+                if r.data.tags["nctune.trial_id"] == study.trials[0].user_attrs["nctune.trial_id"])
+    assert {k: float(warm.data.params[k]) for k in point} == point  # the same trial in MLflow
     optuna_front = sorted(label[t.user_attrs["nctune.trial_id"]] for t in study.best_trials)
     summary = out[out.index("Pareto set ("):]
     printed = sorted(line.split()[0] for line in summary.splitlines()[1:]
