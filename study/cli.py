@@ -32,6 +32,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `nctune` parser with every command module's sub-commands."""
     parser = argparse.ArgumentParser(
         prog="nctune",
         description="Hyperparameter studies of neural collapse and transfer (Ray Tune + Optuna "
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; bad input is one line on stderr and exit 2, Ctrl-C exit 130."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

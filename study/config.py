@@ -158,6 +158,7 @@ class StudyConfig(_Section):
         return self
 
     def trial_config(self) -> TrialConfig:
+        """The four trial sections as one TrialConfig: what every trial receives, flattened."""
         return TrialConfig(
             dataset=self.dataset,
             backbone=self.backbone,
@@ -175,6 +176,7 @@ class StudyConfig(_Section):
 
     @property
     def num_samples(self) -> int:
+        """Trials to run: the grid's size for a grid search, else search.num_samples (default 8)."""
         if self.search.sampler == "grid":
             return grid_size(self.space)
         return self.search.num_samples or 8
@@ -185,12 +187,16 @@ class StudyConfig(_Section):
 
     # ---- paths -------------------------------------------------------------------------------
     def root_dir(self) -> Path:
+        """The storage root, absolute (trials chdir; paths must not depend on the cwd)."""
         return Path(self.storage.root).expanduser().resolve()
 
     def study_dir(self) -> Path:
+        """This study's folder: study.json, config.yaml, the report."""
         return self.root_dir() / "studies" / self.name
 
     def ray_storage(self) -> str:
+        """Where Ray Tune keeps results and checkpoints: storage.ray (a URI or a path) or
+        <root>/ray."""
         if self.storage.ray is None:
             return str(self.root_dir() / "ray")
         if "://" in self.storage.ray:
@@ -286,6 +292,7 @@ def check_evaluation(ev: EvaluationConfig) -> None:
 
 
 def grid_size(space: dict[str, ParamSpec]) -> int:
+    """Points in the grid the categorical specs span (the product of their sizes)."""
     size = 1
     for spec in space.values():
         if spec.type == "categorical":

@@ -32,6 +32,8 @@ class DivergedError(RuntimeError):
 
 @dataclass
 class Features:
+    """One split's penultimate features, source-head logits and labels, extracted once and shared by
+    every metric."""
     features: torch.Tensor  # (N, d) float32
     logits: torch.Tensor  # (N, num_source_classes)
     labels: torch.Tensor  # (N,) int64
@@ -156,6 +158,8 @@ def evaluate_target(tgt: Features, banks: dict[str, EpisodeBank], ev: Evaluation
 
 def fewshot_metrics(features: torch.Tensor, bank: EpisodeBank, shape: str,
                     ev: EvaluationConfig, center: torch.Tensor) -> dict[str, float]:
+    """Accuracy and ci95 of every configured classifier on one shape's episode bank (the logistic
+    probe on fewer episodes: it is the slow one)."""
     out = {}
     for clf in ev.classifiers:
         limit = ev.probe_episodes if clf == "logreg" else None
