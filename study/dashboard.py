@@ -13,16 +13,12 @@ import argparse
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
 
 DEFAULT_PORT = 8080
-START_TIMEOUT_S = 120.0
 STORAGE_ENV = "NCTUNE_OPTUNA_STORAGE"
 SERVE = ("import os, sys, optuna_dashboard; "
          f"optuna_dashboard.run_server(os.environ['{STORAGE_ENV}'], host=sys.argv[1], "
@@ -65,28 +61,19 @@ def find_storage(name: str | None, root: str) -> tuple[str, int | None]:
                          "(no trial was proposed yet)") from None
 
 
-def wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:
-    """Poll the dashboard's API until it answers; fail with its log's tail if it exits."""
-    from study.ui import ServerError, tail
-
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"optuna-dashboard exited with status {proc.returncode} before "
-                              f"answering; the end of its log ({log}):\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{base}/api/meta", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
-    raise ServerError(f"optuna-dashboard did not answer within {START_TIMEOUT_S:.0f} s; "
-                      f"the end of its log ({log}):\n{tail(log)}")
-
-
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """`nctune dashboard [NAME]`: serve the study's Optuna storage until Ctrl-C."""
     from study.guard import redact
-    from study.ui import HOST, ServerError, interruptible, log_path, pick_port, say, stop
+    from study.ui import (
+        HOST,
+        ServerError,
+        interruptible,
+        log_path,
+        pick_port,
+        say,
+        stop,
+        wait_until_up,
+    )
 
     url, study_id = find_storage(args.name, args.root)
     port = pick_port(args.port, DEFAULT_PORT)
@@ -99,7 +86,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
         try:
-            wait_until_up(proc, base, log)
+            wait_until_up(proc, f"{base}/api/meta", log, server="optuna-dashboard")
             say(f"optuna-dashboard: {base}/dashboard")
             if study_id is not None:
                 say(f"  study '{args.name}': {base}/dashboard/studies/{study_id}")

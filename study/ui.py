@@ -156,19 +156,21 @@ def log_path(root: str, name: str = "mlflow-ui.log") -> Path:
     return (folder if folder.is_dir() else Path(tempfile.gettempdir())) / name
 
 
-def wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:
-    """Poll /health until the server answers; fail with its log's tail if it exits first."""
+def wait_until_up(proc: subprocess.Popen, probe_url: str, log: Path,
+                  server: str = "the MLflow server") -> None:
+    """Poll `probe_url` until the server answers; fail with its log's tail if it exits first
+    (shared by `nctune ui` and `nctune dashboard`)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServerError(f"the MLflow server exited with status {proc.returncode} before "
+            raise ServerError(f"{server} exited with status {proc.returncode} before "
                               f"answering; the end of its log ({log}):\n{tail(log)}")
         try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2):
+            with urllib.request.urlopen(probe_url, timeout=2):
                 return
         except (urllib.error.URLError, OSError):
             time.sleep(0.3)
-    raise ServerError(f"the MLflow server did not answer within {START_TIMEOUT_S:.0f} s; "
+    raise ServerError(f"{server} did not answer within {START_TIMEOUT_S:.0f} s; "
                       f"the end of its log ({log}):\n{tail(log)}")
 
 
@@ -261,7 +263,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         try:
-            wait_until_up(proc, base, log)
+            wait_until_up(proc, f"{base}/health", log)
             say(f"MLflow UI: {base}")
             for label, url in links(base, target, experiment_id_of(base, target)):
                 say(f"  {label}: {url}")

@@ -48,22 +48,32 @@ def nc1(stats: ClassStats, *, rtol: float | None = None) -> float:
     if stats.scatter is None:
         raise InputError("nc1 needs the within-class scatter: accumulate the statistics with "
                          "track_scatter=True")
-    m = centred_means(stats)
+    eigen = between_class_eigen(centred_means(stats), rtol)
+    if eigen is None:
+        return float("nan")
+    lam, v = eigen
+    s_w = stats.scatter / stats.counts[stats.valid].sum().to(_F64)
+    return float(((s_w @ v) * v).sum(0).div(lam).sum())
+
+
+def between_class_eigen(m: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor] | None:
+    """The nonzero eigenpairs (lambda, v) of M^T M for the (K, d) centred class means M.
+
+    From the K x K matrix M M^T when K <= d (v = M^T u / sqrt(lambda)), else from M^T M itself:
+    the cheaper side. Eigenvalues at or below rtol * max (default max(K, d) * eps) are dropped.
+    None when there are fewer than two classes or all class means coincide (no between-class
+    spread to compare to). Shared by `nc1` and the scatter-free `layer_stats.nc1_projected`.
+    """
     k, d = m.shape
     if k < 2:
-        return float("nan")
-    s_w = stats.scatter / stats.counts[stats.valid].sum().to(_F64)
-    if k <= d:
-        lam, u = torch.linalg.eigh(m @ m.T)
-    else:
-        lam, u = torch.linalg.eigh(m.T @ m)
+        return None
+    lam, u = torch.linalg.eigh(m @ m.T) if k <= d else torch.linalg.eigh(m.T @ m)
     tol = (max(k, d) * torch.finfo(_F64).eps if rtol is None else rtol) * lam.max()
     keep = lam > tol
     if not bool(keep.any()):
-        return float("nan")  # all class means coincide: no between-class spread to compare to
+        return None
     lam, u = lam[keep], u[:, keep]
-    v = m.T @ u / lam.sqrt() if k <= d else u  # unit eigenvectors of M^T M, d x r
-    return float(((s_w @ v) * v).sum(0).div(lam).sum())
+    return lam, (m.T @ u / lam.sqrt() if k <= d else u)  # v: (d, r) unit eigenvectors
 
 
 def nc2_equinorm(stats: ClassStats) -> float:

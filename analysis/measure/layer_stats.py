@@ -18,7 +18,7 @@ from torch import Tensor
 
 from analysis.errors import InputError
 from analysis.measure.collapse import cdnv
-from analysis.measure.collapse_nc import centred_means
+from analysis.measure.collapse_nc import between_class_eigen, centred_means
 from analysis.measure.collapse_stats import ClassStats, ClassStatsAccumulator, check_features_labels
 from analysis.measure.rank import effective_rank
 
@@ -48,20 +48,10 @@ def nc1_projected(features: Any, labels: Any, stats: ClassStats, *,
     """
     x, y = check_features_labels(features, labels, stats.num_classes, dim=stats.dim)
     stats = stats.to(x.device)
-    m = centred_means(stats)
-    k, d = m.shape
-    if k < 2:
+    eigen = between_class_eigen(centred_means(stats), rtol)
+    if eigen is None:
         return float("nan")
-    if k <= d:
-        lam, u = torch.linalg.eigh(m @ m.T)
-    else:
-        lam, u = torch.linalg.eigh(m.T @ m)
-    tol = (max(k, d) * torch.finfo(_F64).eps if rtol is None else rtol) * lam.max()
-    keep = lam > tol
-    if not bool(keep.any()):
-        return float("nan")
-    lam, u = lam[keep], u[:, keep]
-    v = m.T @ u / lam.sqrt() if k <= d else u  # (d, r) unit eigenvectors of M^T M
+    lam, v = eigen
     rows = stats.valid[y].nonzero().squeeze(1)
     proj = torch.zeros(v.shape[1], dtype=_F64, device=x.device)
     for start in range(0, rows.shape[0], _CHUNK):
