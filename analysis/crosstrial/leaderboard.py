@@ -90,8 +90,7 @@ def pooled_ncti(frame: pd.DataFrame) -> pd.Series | None:
 def candidates(frame: pd.DataFrame) -> list[str]:
     """Candidate columns present in `frame`, baseline first (after `with_pooled_ncti`)."""
     cols = [c for c in frame.columns if isinstance(c, str)]
-    collapse = [c for c in cols if len(c.split("/")) == 2 and c.split("/")[0] in ("cdnv", "nc1")
-                and c.split("/")[1] in names.SPLITS]
+    collapse = [c for c in cols if names.is_collapse(c) and names.family_of(c) in ("cdnv", "nc1")]
     layers = [c for c in cols if c.startswith(names.LAYER_PREFIX + "/") and len(c.split("/")) == 4
               and c.split("/")[2] in names.LAYER_FAMILIES]
     transfer = [names.transfer_key(e) for e in names.ESTIMATORS if names.transfer_key(e) in frame]
@@ -103,7 +102,11 @@ def candidates(frame: pd.DataFrame) -> list[str]:
 def with_pooled_ncti(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with the pooled NCTI column added where its parts were logged."""
     pooled = pooled_ncti(frame)
-    return frame if pooled is None else frame.assign(**{POOLED_NCTI: pooled})
+    if pooled is None:
+        return frame
+    # The final-epoch frame holds hundreds of metric columns added one by one; copying it
+    # first makes the new column one block (pandas warns about the fragmented original).
+    return frame.copy().assign(**{POOLED_NCTI: pooled})
 
 
 def _tau_ordered(key: np.ndarray, other: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
