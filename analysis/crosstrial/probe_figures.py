@@ -66,6 +66,8 @@ def draw_panel(ax: Any, frame: pd.DataFrame, x: str, y: str, xlabel: str, title:
     if len(f) and (xs > 0).all():
         trend(a, xs, ys, log_x=True)
         log_axis(a)
+        low, high = a.get_ylim()
+        a.set_ylim(low, min(high, 100.5))  # a trend band past 100% accuracy means nothing
     a.set_xlabel(xlabel)
     a.set_title(f"{title} (n = {len(f)})", fontsize=10)
     a.grid(True, which="major", alpha=0.3)
