@@ -13,7 +13,7 @@ GROUP_TITLES = {
     "source": "source classes, every evaluated epoch",
     "collapse": "collapse of the penultimate features",
     "fewshot": "few-shot accuracy on the target classes",
-    "bound": "bounds on the NCC error",
+    "bound": "bounds on the NCC error (the CDNV constant is nctune's derivation)",
     "layers": "per layer (evaluation.layers)",
     "transfer": "transferability estimators on the target features",
 }

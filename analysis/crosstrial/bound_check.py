@@ -2,11 +2,12 @@
 
 Two bounds, each compared with the classifier it is about:
 
-- the CDNV bound 8 (n-1)(1+1/k) CDNV (`bound/<shape>`, analysis.measure.bound.ncc_error_bound)
-  is about NCC on the raw features the CDNV was measured on, so it is compared with `ncc_raw`
-  only. When `ncc_raw` was not measured the bound cannot be checked, and `unchecked_bounds`
-  says so: the centred-normalised `ncc` error is a different classifier's and proves nothing.
-  When a study logged no CDNV bound it is computed from `cdnv/target`.
+- the CDNV bound 8 (n-1)(1+1/k) CDNV (`bound/<shape>`, analysis.measure.bound.ncc_error_bound;
+  the constant is nctune's own derivation, not the paper's) is about NCC on the raw features the
+  CDNV was measured on, so it is compared with `ncc_raw` only. When `ncc_raw` was not measured
+  the bound cannot be checked, and `unchecked_bounds` says so: the centred-normalised `ncc`
+  error is a different classifier's and proves nothing. When a study logged no CDNV bound it is
+  computed from `cdnv/target`.
 - the Cantelli bound (`bound_cantelli/<shape>`, analysis.measure.bound.cantelli_error_bound) is
   computed on the features the primary `ncc` classifier sees, and is compared with `ncc`.
 
@@ -150,6 +151,7 @@ def bound_summary(table: pd.DataFrame) -> pd.DataFrame:
 def bound_sentences(summary: pd.DataFrame) -> list[str]:
     """One plain-language line per bound and shape for the report's verdict."""
     titles = {b.name: b.title for b in BOUNDS}
+    titles["cdnv"] += " (8(n−1)(1+1/k)·CDNV, a constant of nctune's derivation, not the paper's)"
     out = []
     for r in summary.itertuples():
         err = describe(names.fewshot_key(r.shape, r.classifier)).replace("accuracy", "error")
