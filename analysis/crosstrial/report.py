@@ -184,23 +184,9 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
         head += f"; controlling for source accuracy, {ci_text(ps)}"
     out = [head + (" (95% intervals, bootstrap over trials)." if np.isfinite(s.ci_low) else ".")]
     if ps is not None and partial:
-        psig = _clear(ps)
-        if sig and not psig and abs(ps.estimate) < abs(s.estimate) / 2:
-            out.append("Source accuracy accounts for most of it: better source models both "
-                       "collapsed more and transferred better, and at equal source accuracy no "
-                       "clear association is left, so these trials give no evidence of a direct "
-                       "link.")
-        elif sig and not psig:
-            out.append(f"At equal source accuracy the estimate keeps "
-                       f"{abs(ps.estimate / s.estimate):.0%} of its size but its interval covers "
-                       "0: these trials cannot tell a direct link apart from better source "
-                       "models both collapsing more and transferring better.")
-        elif sig and psig and np.sign(ps.estimate) == np.sign(s.estimate):
-            out.append("The association holds at equal source accuracy too, so it is not only a "
-                       "by-product of better source models.")
-        elif psig and not sig:
-            out.append("At equal source accuracy an association appears that the raw "
-                       "correlation does not show; read it with care.")
+        sentence = partial_sentence(s, ps)
+        if sentence:
+            out.append(sentence)
     elif ps is not None and ps.reason:
         out.append(f"No partial correlation: {ps.reason}.")
     if 5 <= n < 10:
@@ -234,6 +220,34 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
     out.append(f"The tables test {n_pairs} metric pairs with 4 methods at two levels; only the "
                f"headline ({HEADLINE_X} vs {y}) was fixed in advance, the rest is exploratory.")
     return out + notes
+
+
+def partial_sentence(s: Any, ps: Any) -> str | None:
+    """What the partial Spearman given source accuracy adds to the headline Spearman `s`.
+
+    `_clear` asks for both an interval that excludes 0 and p < 0.05; when the two disagree the
+    sentence says so rather than calling the association absent.
+    """
+    sig, psig = _clear(s), _clear(ps)
+    if sig and not psig and (ps.ci_low > 0 or ps.ci_high < 0):
+        return (f"At equal source accuracy the bootstrap interval excludes 0 but the test does "
+                f"not ({_p_is(ps.p_value)}): the evidence for a direct link is weak and "
+                "inconsistent.")
+    if sig and not psig and abs(ps.estimate) < abs(s.estimate) / 2:
+        return ("Source accuracy accounts for most of it: better source models both collapsed "
+                "more and transferred better, and at equal source accuracy no clear association "
+                "is left, so these trials give no evidence of a direct link.")
+    if sig and not psig:
+        return (f"At equal source accuracy the estimate keeps {abs(ps.estimate / s.estimate):.0%} "
+                "of its size but its interval covers 0: these trials cannot tell a direct link "
+                "apart from better source models both collapsing more and transferring better.")
+    if sig and psig and np.sign(ps.estimate) == np.sign(s.estimate):
+        return ("The association holds at equal source accuracy too, so it is not only a "
+                "by-product of better source models.")
+    if psig and not sig:
+        return ("At equal source accuracy an association appears that the raw correlation does "
+                "not show; read it with care.")
+    return None
 
 
 def _clear(e: Any) -> bool:

@@ -8,11 +8,12 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from analysis.crosstrial.report import Report, analyze, write_report
+from analysis.crosstrial.report import Report, analyze, partial_sentence, write_report
 from analysis.errors import InputError
 from study.cli import main
 from tests.analysis.conftest import FakeTrial, loguniform, synth_trial, write_study
@@ -195,3 +196,25 @@ def test_format_is_checked(demo: tuple[str, Report], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["analyze", "demo", "--format", "pdf"])
     assert exc.value.code == 2
+
+
+def _est(estimate: float, lo: float, hi: float, p: float) -> SimpleNamespace:
+    return SimpleNamespace(estimate=estimate, ci_low=lo, ci_high=hi, p_value=p)
+
+
+@pytest.mark.parametrize(("partial", "expected"), [
+    (_est(-0.16, -0.87, -0.10, 0.55), "bootstrap interval excludes 0 but the test does not"),
+    (_est(-0.10, -0.60, 0.40, 0.70), "Source accuracy accounts for most of it"),
+    (_est(-0.60, -0.95, 0.10, 0.02), "keeps 67% of its size but its interval covers 0"),
+    (_est(-0.70, -0.90, -0.30, 0.01), "holds at equal source accuracy too"),
+])
+def test_partial_sentence_says_what_the_partial_correlation_adds(partial, expected) -> None:
+    headline = _est(-0.90, -0.99, -0.62, 0.0001)
+    assert expected in (partial_sentence(headline, partial) or "")
+
+
+def test_partial_sentence_without_a_headline_relation() -> None:
+    none = _est(-0.10, -0.50, 0.40, 0.60)
+    assert "appears that the raw correlation does not show" in (
+        partial_sentence(none, _est(-0.70, -0.90, -0.30, 0.01)) or "")
+    assert partial_sentence(none, none) is None
