@@ -14,7 +14,7 @@ from pathlib import Path
 from analysis.errors import InputError
 from study.config import StudyConfig
 from study.guard import redact_text, without_credentials
-from study.optuna_store import check_existing, open_storage, storage_url
+from study.optuna_store import SQLITE, check_existing, open_storage, storage_url
 from study.presets import read_preset
 from study.progress import quiet_libraries, say
 from study.space import optuna_space
@@ -109,10 +109,28 @@ def check_tracking(uri: str) -> None:
 
 
 def check_optuna(cfg: StudyConfig) -> None:
-    """The Optuna storage opens (reachable, password right) and holds no clashing study."""
+    """The Optuna storage opens (reachable, password right) and holds no clashing study.
+
+    A sqlite file that does not exist yet holds no study to clash with: opening it would create
+    it (and its folder) before the data set's checks have run, so only its folder's
+    writability is checked here and study.tuner creates the file once every check has passed.
+    """
     url = storage_url(cfg)
+    if url.startswith(SQLITE) and not Path(url[len(SQLITE):]).exists():
+        check_writable(Path(url[len(SQLITE):]).parent, "search.storage")
+        return
     storage = open_storage(url)
     check_existing(storage, cfg.name, optuna_space(cfg.space), cfg.search.modes(), url)
+
+
+def check_writable(folder: Path, field: str) -> None:
+    """`folder` exists writable, or can be made under its nearest existing ancestor."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{field}: cannot create {str(folder)!r}: {str(existing)!r} is not a "
+                         "writable folder; choose a storage path this user can write")
 
 
 def prepare_data(cfg: StudyConfig) -> tuple[DataSplits, dict[str, str]]:
