@@ -21,8 +21,8 @@ The registered backbones (feature_dim at width 1; channels scale with `width`, r
 
 `small_stem=True` (the config default) feeds full resolution into the first stage: a 3x3 stride-1
 stem and no max-pool, the standard for 32x32 images. False keeps ImageNet's stride-4 stem
-(7x7 stride-2 conv and max-pool for the ResNets), about 5x cheaper on CPU (DESIGN.md). GPU options
-(channels_last, bf16, compile) are the trainable's business, not this module's.
+(7x7 stride-2 conv and max-pool for the ResNets), about 5x cheaper on CPU (docs/design-notes.md).
+GPU options (channels_last, bf16, compile) are the trainable's business, not this module's.
 """
 
 from __future__ import annotations

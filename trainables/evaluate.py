@@ -2,7 +2,7 @@
 
 Features of source_train (capped per class), source_test and target come from one forward pass
 each in eval mode; every collapse and few-shot metric reads those tensors, so nothing is
-extracted twice. Names follow DESIGN.md's metric table.
+extracted twice. Names come from analysis/contract.py (docs/design-notes.md).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def build_banks(target: Split, ev: EvaluationConfig) -> dict[str, EpisodeBank]:
 def evaluate(model: torch.nn.Module, data: DataSplits, banks: dict[str, EpisodeBank],
              ev: EvaluationConfig, device: torch.device, *, amp: bool = False,
              channels_last: bool = False) -> dict[str, float]:
-    """Every evaluation metric of DESIGN.md's table for the model as it is now."""
+    """Every evaluation metric the contract (analysis/contract.py) names, for the model now."""
     start = time.perf_counter()
     cap = capped_indices(data.source_train.labels, ev.features_per_class)
     taps = select_taps(ev.layers, model_taps(model), str(getattr(model, "name", "")))

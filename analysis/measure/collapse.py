@@ -238,7 +238,7 @@ def cdnv_directional(features: Any, labels: Any, stats: ClassStats, *,
 def collapse_metrics(features: Any, labels: Any, *, num_classes: int | None = None,
                      classifier_weight: Any = None, logits: Any = None,
                      means_for_nc4: Any = None) -> dict[str, float]:
-    """Every collapse metric of one split (the keys DESIGN.md's metric names are built from).
+    """Every collapse metric of one split (the keys analysis/contract.py builds names from).
 
     Args:
         features: (N, d) float features (float32 on CPU or CUDA, typically).
