@@ -24,25 +24,35 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from analysis.descriptors import (  # noqa: F401  (re-exported: the contract's vocabulary)
+    BOUND_CANTELLI_PREFIX,
+    CLASSIFIER_LABELS,
+    EVAL_TIME,
+    LAYER_PREFIX,
+    NC3_SOURCE,
+    NC4_SOURCE_TEST,
+    PROBE_PREFIX,
+    REGISTRY,
+    SOURCE_TEST,
+    SOURCE_TEST_ACC,
+    SOURCE_TRAIN,
+    SPLITS,
+    TARGET,
+    THROUGHPUT,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    TRAIN_TIME,
+    TRANSFER_PREFIX,
+    Descriptor,
+    families,
+)
 from analysis.errors import InputError
 
-# ---- splits and families ---------------------------------------------------------------------
-SOURCE_TRAIN, SOURCE_TEST, TARGET = "source_train", "source_test", "target"
-SPLITS = (SOURCE_TRAIN, SOURCE_TEST, TARGET)
+# ---- splits and families (what each family is: analysis.descriptors) ---------------------------
 
-# Collapse statistics measured on every split at the penultimate layer (analysis.measure.collapse).
-COLLAPSE_FAMILIES = ("cdnv", "cdnv_dir", "cdnv_unbiased", "nc1", "nc2_equinorm", "nc2_equiangle")
-# NC3 needs the classifier (source classes only); NC4 compares the head with NCC on source_test.
-NC3_SOURCE = "nc3/source"
-NC4_SOURCE_TEST = "nc4/source_test"
-
-# Pretraining progress and cost, reported every epoch.
-TRAIN_LOSS = "source/train_loss"
-TRAIN_ACC = "source/train_acc"
-SOURCE_TEST_ACC = "source/test_acc"
-TRAIN_TIME = "time/train_s"
-EVAL_TIME = "time/eval_s"
-THROUGHPUT = "throughput/train_img_s"
+# Collapse statistics measured on every split at the penultimate layer (analysis.measure.collapse):
+# every family registered in the "collapse" group.
+COLLAPSE_FAMILIES = families("collapse")
 TRAINING_METRICS = (TRAIN_LOSS, TRAIN_ACC, TRAIN_TIME, THROUGHPUT)
 
 FEWSHOT_STATS = ("acc", "ci95")
@@ -53,17 +63,11 @@ DEFAULT_SEARCH_METRIC = "fewshot/5w5s/ncc/acc"
 # Per-tap statistics (issue "Where in the network"): on source_train and target, optionally
 # source_test.
 LAYER_FAMILIES = ("cdnv", "cdnv_unbiased", "nc1", "erank")
-LAYER_PREFIX = "layer"
 
-TRANSFER_PREFIX = "transfer"
 # Transferability estimators on the target features (analysis.measure.transfer), logged as
-# transfer/<name>/target. NCTI is logged as its three per-model parts; the pooled NCTI is formed
-# across trials by the study analysis.
-ESTIMATORS = ("logme", "hscore", "leep", "nce", "gbc", "sfda", "ncti_seli", "ncti_ncc",
-              "ncti_vc", "knn")
-# The Cantelli bound / prediction on the NCC error (analysis.measure.bound), per episode shape.
-BOUND_CANTELLI_PREFIX = "bound_cantelli"
-PROBE_PREFIX = "probe"
+# transfer/<name>/target: every family registered in the "transfer" group. NCTI is logged as its
+# three per-model parts; the pooled NCTI is formed across trials by the study analysis.
+ESTIMATORS = tuple(f.split("/", 1)[1] for f in families("transfer"))
 # Parent-run metrics written by the study analysis (analysis.crosstrial.report).
 ANALYSIS_PREFIX = "analysis"
 
@@ -263,3 +267,65 @@ def layer_taps(names_: Iterable[str], family: str = "cdnv", split: str = TARGET)
         if len(parts) == 4 and parts[0] == LAYER_PREFIX and parts[2:] == [family, split]:
             out[parts[1]] = None
     return list(out)
+
+
+# ---- what a name is (its family's descriptor, analysis.descriptors) ----------------------------
+def _family_key(name: str) -> str:
+    """The registry key of a name once probe/<n>/ and layer/<tap>/ are peeled off."""
+    parts = name.split("/")
+    if parts[0] in (PROBE_PREFIX, LAYER_PREFIX) and len(parts) > 3 - (parts[0] == PROBE_PREFIX):
+        return _family_key("/".join(parts[2:]))
+    if parts[0] == TRANSFER_PREFIX and len(parts) == 3:
+        return f"{parts[0]}/{parts[1]}"
+    return name if name in REGISTRY else parts[0]
+
+
+def descriptor(name: str) -> Descriptor | None:
+    """The descriptor of any logged name (layer and probe names describe their inner metric),
+    or None for a name no family claims."""
+    return REGISTRY.get(_family_key(name))
+
+
+def direction(name: str) -> int:
+    """+1 if higher values should mean better transfer, -1 if lower, 0 if neither or unknown."""
+    d = descriptor(name)
+    return d.direction if d else 0
+
+
+def log_scale(name: str) -> bool:
+    """Whether the metric spans orders of magnitude (plot and fit it on a log scale)."""
+    d = descriptor(name)
+    return bool(d and d.log_scale)
+
+
+def is_collapse_family(name: str) -> bool:
+    """Whether `name` measures collapse (CDNV, NC1-NC4, at any layer or probe)."""
+    d = descriptor(name)
+    return bool(d and d.collapse)
+
+
+def describe(name: str) -> str:
+    """A metric in words: 'fewshot/5w5s/ncc/acc' -> '5-way 5-shot NCC accuracy';
+    'cdnv/target' -> 'target CDNV'; 'layer/layer3/cdnv/target' -> 'layer3 target CDNV';
+    'transfer/knn/target' -> 'k-NN leave-one-out accuracy (target)'. Unknown names come back as
+    they are."""
+    parts = name.split("/")
+    if parts[0] == PROBE_PREFIX and len(parts) > 2:
+        return f"{describe('/'.join(parts[2:]))} on '{parts[1]}'"
+    if parts[0] == LAYER_PREFIX and len(parts) > 3:
+        return f"{parts[1]} {describe('/'.join(parts[2:]))}"
+    d = descriptor(name)
+    if d is None:
+        return name
+    if d.family == "fewshot" and len(parts) == 4 and is_shape(parts[1]):
+        n, k = parse_shape(parts[1])
+        what = "accuracy" if parts[3] == "acc" else "accuracy's 95% half-width"
+        return f"{n}-way {k}-shot {CLASSIFIER_LABELS.get(parts[2], parts[2])} {what}"
+    if d.family.startswith(TRANSFER_PREFIX + "/"):
+        return f"{d.label} ({parts[2]})"
+    if d.splits and len(parts) == 2 and parts[1] in d.splits:
+        return f"{parts[1].replace('_', '-')} {d.label}"
+    if d.family in ("bound", BOUND_CANTELLI_PREFIX) and len(parts) == 2 and is_shape(parts[1]):
+        n, k = parse_shape(parts[1])
+        return f"{d.label}, {n}-way {k}-shot"
+    return d.label

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config field, e.g. --set evaluation.shapes=[5w1s]")
     p.add_argument("--plain", action="store_true",
                    help="names only, no group headings (for scripts)")
+    p.add_argument("--describe", action="store_true",
+                   help="beside each name: what it is, which way is better, its paper")
     p.set_defaults(func=cmd_metrics)
 
 
@@ -49,5 +51,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     for group, names in groups.items():
         print(f"\n# {group}: {GROUP_TITLES.get(group, group)}")
         for name in names:
-            print(f"{name}{'  *' if name == cfg.search.metric else ''}")
+            mark = "  *" if name == cfg.search.metric else ""
+            print(f"{name}{mark}{described(name) if args.describe else ''}")
     return 0
+
+
+def described(name: str) -> str:
+    """`  — target CDNV; lower is better; Galanti et al. ...` from the metric's descriptor."""
+    from analysis.contract import describe, descriptor
+
+    d = descriptor(name)
+    if d is None:
+        return ""
+    way = {1: "higher is better", -1: "lower is better", 0: ""}[d.direction]
+    return "  — " + "; ".join(part for part in (describe(name), way, d.citation) if part)

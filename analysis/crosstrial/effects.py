@@ -61,7 +61,7 @@ def create_evaluator(name: str, seed: int = 0) -> Any:
 def is_log_target(name: str) -> bool:
     """Collapse statistics (CDNV and NC1 families) vary over orders of magnitude: plot and fit them
     on a log scale."""
-    return names.family_of(name) in ("cdnv", "cdnv_unbiased", "cdnv_dir", "nc1")
+    return names.log_scale(name) and names.is_collapse_family(name)
 
 
 def effect_targets(study: StudyRuns) -> list[str]:

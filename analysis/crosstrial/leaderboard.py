@@ -31,37 +31,23 @@ from analysis.crosstrial.runs import describe
 BASELINE = names.SOURCE_TEST_ACC
 POOLED_NCTI = "ncti_pooled"  # formed here across trials, not a logged metric
 METHODS = ("spearman", "kendall", "partial_spearman")
-_LOWER_IS_BETTER = {"cdnv", "cdnv_dir", "cdnv_unbiased", "nc1"}
 COLUMNS = ["candidate", "kind", "orientation", "transfer", "method", "estimate", "ci_low",
            "ci_high", "n_trials", "reason"]
 
 
-ESTIMATOR_NAMES = {"logme": "LogME", "hscore": "H-score (shrinkage)", "leep": "LEEP",
-                   "nce": "NCE", "gbc": "GBC", "sfda": "SFDA", "ncti_seli": "NCTI S_seli",
-                   "ncti_ncc": "NCTI S_ncc", "ncti_vc": "NCTI S_vc",
-                   "knn": "k-NN leave-one-out accuracy"}
 
 
 def label(name: str) -> str:
     """A candidate in words: 'transfer/knn/target' -> 'k-NN leave-one-out accuracy (target)'."""
-    parts = name.split("/")
-    if name == BASELINE:
-        return "source test accuracy"
     if name == POOLED_NCTI:
         return "NCTI (pooled over trials)"
-    if parts[0] == names.TRANSFER_PREFIX and len(parts) == 3:
-        return f"{ESTIMATOR_NAMES.get(parts[1], parts[1])} (target)"
     return describe(name)
 
 
 def orientation(name: str) -> int:
-    """+1 if higher values should mean better transfer, -1 if lower (CDNV, NC1, ncti_vc)."""
-    parts = name.split("/")
-    if parts[0] == names.LAYER_PREFIX and len(parts) == 4:
-        return -1 if parts[2] in _LOWER_IS_BETTER else 1  # erank: more rank, more transferable
-    if name == names.transfer_key("ncti_vc"):
-        return -1
-    return -1 if parts[0] in _LOWER_IS_BETTER else 1
+    """+1 if higher values should mean better transfer, -1 if lower (CDNV, NC1, ncti_vc): the
+    metric's descriptor (analysis.descriptors) says which; the pooled NCTI is higher-better."""
+    return -1 if names.direction(name) < 0 else 1
 
 
 def _kind(name: str) -> str:

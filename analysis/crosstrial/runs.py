@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import contract as names
+from analysis.contract import describe  # noqa: F401  (re-exported: the one labeller)
 from analysis.crosstrial.store import check_tracking_uri, resolve_tracking_uri
 from analysis.errors import InputError
 
@@ -342,17 +343,3 @@ def _searched(tags: dict[str, str], trials: pd.DataFrame, params: list[str]) -> 
     # No tag: take what varies across trials, except replication seeds.
     return [p for p in params if not p.endswith("seed")
             and trials[p].astype(str).nunique(dropna=False) > 1]
-
-
-def describe(metric: str) -> str:
-    """'fewshot/5w5s/ncc/acc' -> '5-way 5-shot NCC accuracy'; 'cdnv/target' -> 'target CDNV'."""
-    parts = metric.split("/")
-    if parts[0] == "fewshot" and len(parts) == 4:
-        n, k = parts[1].rstrip("s").split("w")
-        clf = {"ncc": "NCC", "ncc_l2": "NCC (L2)", "ncc_raw": "NCC (raw)",
-               "logreg": "log. regression"}.get(parts[2], parts[2])
-        return f"{n}-way {k}-shot {clf} accuracy"
-    if parts[0] in ("cdnv", "cdnv_unbiased", "nc1") and len(parts) == 2:
-        name = {"cdnv": "CDNV", "cdnv_unbiased": "CDNV (unbiased)", "nc1": "NC1"}[parts[0]]
-        return f"{parts[1].replace('_', '-')} {name}"
-    return metric

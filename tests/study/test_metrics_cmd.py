@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.contract import trial_metrics
+from analysis.contract import descriptor, trial_metrics
 from study.cli import main
 from study.presets import load_study_config
 
@@ -45,6 +45,16 @@ def test_grouped_list_marks_the_search_metric_and_follows_overrides(capsys) -> N
     assert [h.split(":")[0][2:] for h in headings] == list(groups)
 
 
+def test_describe_says_what_each_name_is_and_which_way_is_better(capsys) -> None:
+    lines = printed(capsys, "demo", "--describe")
+    by_name = {line.split("  ")[0]: line for line in lines if "/" in line.split(" ")[0]}
+    assert "target CDNV; lower is better; Galanti" in by_name["cdnv/target"]
+    assert "5-way 5-shot NCC accuracy; higher is better" in by_name["fewshot/5w5s/ncc/acc"]
+    assert "layer3 target CDNV; lower is better" in by_name["layer/layer3/cdnv/target"]
+    assert "NCTI S_vc (target); lower is better" in by_name["transfer/ncti_vc/target"]
+    assert all("  — " in line for line in by_name.values())
+
+
 def test_bad_input_is_one_line_and_exit_2(capsys) -> None:
     capsys.readouterr()
     assert main(["metrics", "demo", "--set", "evaluation.shapes=[5w0s]"]) == 2
@@ -65,3 +75,4 @@ def test_a_real_demo_trial_logs_exactly_the_printed_names(tmp_path, capsys, loca
     assert child.data.tags["nctune.status"] == "completed"
     logged = set(child.data.metrics)
     assert logged == names, {"missing": sorted(names - logged), "extra": sorted(logged - names)}
+    assert not [n for n in logged if descriptor(n) is None], "every logged key has a descriptor"

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from analysis import contract as names
 from trainables.config import TrialConfig
 from trainables.pretrain import Trainer
 
@@ -50,6 +51,10 @@ def test_every_contract_metric_at_every_evaluated_epoch():
     for report in rec.reports:
         assert expected <= set(report), expected - set(report)
         assert all(math.isfinite(report[k]) for k in expected)
+        # every logged key is described once (analysis.descriptors): direction, label, citation
+        logged = {k for k in report if names.is_trial_metric(k)}
+        assert logged == expected
+        assert not [k for k in logged if names.descriptor(k) is None]
     assert rec.reports[-1]["trial_status"] == "completed"
 
 
