@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis.crosstrial import store
 from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
 
@@ -95,8 +96,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     rows = []
     for name in known_studies(args.root):
-        folder = Path(args.root) / "studies" / name
-        state = json.loads((folder / "study.json").read_text())
+        folder = store.study_dir(args.root, name)
+        state = json.loads((folder / store.STATE_FILE).read_text())
         status = state["status"] + (f" ({state['stop_reason']})" if state.get("stop_reason")
                                     else "")
         if state["status"] == "running" and not driver_alive(folder):
@@ -136,7 +137,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from study.summary import best_trial, trials_table
 
     folder = study_folder(args.name, args.root)
-    state = json.loads((folder / "study.json").read_text())
+    state = json.loads((folder / store.STATE_FILE).read_text())
     study = load_study(args.name, state["tracking_uri"], state["experiment"])
     print(f"Study '{args.name}' ({state['status']}, {len(study.final)} of "
           f"{state['num_samples']} trials logged)")

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from analysis.contract import DEFAULT_SEARCH_METRIC, MetricSpec, all_names, parse_shape
+from analysis.crosstrial import store
 from analysis.crosstrial.store import resolve_tracking_uri
 from analysis.errors import InputError
 from study.space import ParamSpec, check_space
@@ -192,7 +193,7 @@ class StudyConfig(_Section):
 
     def study_dir(self) -> Path:
         """This study's folder: study.json, config.yaml, the report."""
-        return self.root_dir() / "studies" / self.name
+        return store.study_dir(self.root_dir(), self.name)
 
     def ray_storage(self) -> str:
         """Where Ray Tune keeps results and checkpoints: storage.ray (a URI or a path) or

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.distributions import BaseDistribution
 
+from analysis.crosstrial import store
 from analysis.errors import InputError
 from study.guard import redact, redact_text
 
@@ -28,7 +29,7 @@ SQLITE = "sqlite:///"
 # SQLAlchemy's plain `postgresql://` means psycopg2; nctune ships psycopg (version 3).
 DRIVERS = {"postgresql://": "postgresql+psycopg://", "postgres://": "postgresql+psycopg://"}
 CONNECT_TIMEOUT_S = 5
-TRIAL_ID_ATTR = "nctune.trial_id"
+TRIAL_ID_ATTR = store.TAG_TRIAL_ID
 
 
 def storage_url(cfg: StudyConfig) -> str:
@@ -131,7 +132,7 @@ def mark_orphans(study: optuna.Study, known: set[int]) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial._trial_id in known:
             continue
-        storage.set_trial_user_attr(trial._trial_id, "nctune.note",
+        storage.set_trial_user_attr(trial._trial_id, store.TAG_NOTE,
                                     "proposed before the driver was killed; proposed again "
                                     "as a new trial after the resume")
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.crosstrial import store
 from analysis.errors import InputError
 from study.config import StudyConfig
 from study.guard import redact_text, without_credentials
@@ -62,7 +63,7 @@ def unique_name(cfg: StudyConfig) -> StudyConfig:
     if not (cfg.study_dir() / STATE_FILE).exists():
         return cfg
     base, i = cfg.name, 2
-    while (cfg.root_dir() / "studies" / f"{base}-{i}" / STATE_FILE).exists():
+    while (store.study_dir(cfg.root_dir(), f"{base}-{i}") / STATE_FILE).exists():
         i += 1
     say(f"A study named '{base}' exists already; this one is '{base}-{i}'.")
     return cfg.model_copy(update={"name": f"{base}-{i}"})

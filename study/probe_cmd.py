@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import contract
+from analysis.crosstrial import store
 from analysis.errors import InputError
 
 DEFAULT_ROOT = "nctune-runs"
@@ -94,7 +95,7 @@ def probe_study(args: argparse.Namespace) -> int:
     dataset, all_classes = target_config(args.target, args.overrides, cfg.dataset.image_size)
     name = contract.check_name_part("--name", args.name or args.target)
     target = prepare_target(name, dataset, all_classes, cfg.evaluation)
-    folder = Path(args.root).expanduser().resolve() / "studies" / state.name / "report"
+    folder = store.report_dir(args.root, state.name)
     failed = execute(MlflowClient(state.tracking_uri), state, target, jobs, epochs=args.epochs,
                      notes=notes, address=args.address,
                      report_to=None if args.no_report else folder / f"probe-{name}")

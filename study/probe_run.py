@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from analysis import contract
+from analysis.crosstrial import store
 from analysis.errors import InputError
 from study.probe_keep import FOLDER
 from trainables.config import DatasetConfig, EvaluationConfig
@@ -32,7 +33,7 @@ from trainables.probe import ProbeJob, ProbeResult, read_checkpoint
 from trainables.probe_data import load_target
 
 PRIMARY = contract.DEFAULT_SEARCH_METRIC  # fewshot/5w5s/ncc/acc: the transfer target
-TAG = "nctune.probe."  # + name: on the parent, the probe's settings; on a child, its status
+TAG = store.TAG_PROBE_PREFIX  # + name: on the parent, the probe's settings; on a child, its status
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from analysis import contract
+from analysis.crosstrial import store
 from analysis.errors import InputError
 from trainables.config import EvaluationConfig
 from trainables.probe import ProbeJob
@@ -99,7 +101,7 @@ def open_zoo_study(zoo: Zoo, facts: list[dict[str, Any]], root: Path, uri: str) 
     from study.state import STATE_FILE, StudyState, open_store
     from study.tracking import dump_json, log_study_start
 
-    folder = root / "studies" / str(zoo.name)
+    folder = store.study_dir(root, str(zoo.name))
     client, exp_id = open_store(uri, "nctune", root / "artifacts"
                                 if uri.startswith("sqlite:") else None)
     if (folder / STATE_FILE).exists():
@@ -110,7 +112,7 @@ def open_zoo_study(zoo: Zoo, facts: list[dict[str, Any]], root: Path, uri: str) 
     else:
         text = zoo.description or f"Pretrained models probed by nctune (zoo '{zoo.name}')"
         parent = log_study_start(client, exp_id, str(zoo.name), text,
-                                 {"nctune.kind": "zoo", "nctune.searched": "arch"},
+                                 {store.TAG_KIND: "zoo", store.TAG_SEARCHED: "arch"},
                                  {"models": len(facts)}, {"zoo.json": dump_json(facts)})
         state = StudyState(name=str(zoo.name), status="completed", tracking_uri=uri,
                            experiment="nctune", experiment_id=exp_id, parent_run_id=parent,
@@ -120,30 +122,25 @@ def open_zoo_study(zoo: Zoo, facts: list[dict[str, Any]], root: Path, uri: str) 
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "zoo.yaml").write_text(json.dumps(zoo.model_dump(), indent=2))
         state.save(folder)
-        client.set_terminated(parent, "FINISHED")
+        store.retry(lambda: client.set_terminated(parent, "FINISHED"))
     return client, state, model_runs(client, state, facts)
 
 
 def model_runs(client: Any, state: Any, facts: list[dict[str, Any]]) -> dict[str, str]:
     """Each model's child run, created the first time a model is probed."""
-    from mlflow.entities import Param
-
     from study.tracking import child_runs
 
-    runs = {str(r.data.tags.get("nctune.trial_id")): str(r.info.run_id)
+    runs = {str(r.data.tags.get(store.TAG_TRIAL_ID)): str(r.info.run_id)
             for r in child_runs(client, state.experiment_id, state.parent_run_id)}
     for fact in facts:
         if fact["name"] in runs:
             continue
         index = len(runs) + 1
-        tags = {"mlflow.parentRunId": state.parent_run_id, "nctune.study": state.name,
-                "nctune.role": "trial", "nctune.trial_id": fact["name"],
-                "nctune.trial_index": str(index), "nctune.status": "completed"}
-        run = client.create_run(state.experiment_id, run_name=f"m{index:03d} {fact['name']}",
-                                tags=tags)
-        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in fact.items()])
-        client.set_terminated(run.info.run_id, "FINISHED")
-        runs[fact["name"]] = run.info.run_id
+        tags = {"mlflow.parentRunId": state.parent_run_id, store.TAG_STUDY: state.name,
+                store.TAG_ROLE: store.ROLE_TRIAL, store.TAG_TRIAL_ID: fact["name"],
+                store.TAG_TRIAL_INDEX: str(index), store.TAG_STATUS: "completed"}
+        run_id = store.retry(functools.partial(_model_run, client, state, index, tags, fact))
+        runs[fact["name"]] = run_id
     return runs
 
 
@@ -168,9 +165,21 @@ def probe_zoo(args: argparse.Namespace) -> int:
     jobs = [ProbeJob(f["name"], [(0, f["weights"])], {k: f[k] for k in ("arch", "image_size",
                      "in_chans")}, zoo=True, run_id=runs[f["name"]])
             for f in facts]
-    folder = root / "studies" / state.name / "report" / f"probe-{name}"
+    folder = store.report_dir(root, state.name, name)
     failed = execute(client, state, target, jobs, epochs="final", notes=[],
                      address=args.address, report_to=None if args.no_report else folder,
                      unit="models")
     say(f"\nIn MLflow: study '{state.name}', one run per model, probe/{name}/<metric>.")
     return 1 if failed else 0
+
+
+def _model_run(client: Any, state: Any, index: int, tags: dict[str, str],
+               fact: dict[str, Any]) -> str:
+    """One model's child run: created, its facts as params, finished; returns its id."""
+    from mlflow.entities import Param
+
+    run = client.create_run(state.experiment_id, run_name=f"m{index:03d} {fact['name']}",
+                            tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in fact.items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return str(run.info.run_id)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from mlflow.tracking import MlflowClient
 
+from analysis.crosstrial import store
 from study.tracking import child_runs, end_status, finish_run, flat_params, retry, trial_error
 
 
@@ -84,19 +85,19 @@ def reconcile(tracker: TrialRuns, trials: list) -> Reconciled:
     runs: dict[str, str] = {}
     index: dict[str, int] = {}
     for run in found:
-        tid = run.data.tags.get("nctune.trial_id", "")
+        tid = run.data.tags.get(store.TAG_TRIAL_ID, "")
         run_id = run.info.run_id
         if tid not in known or tid in runs:  # never recorded, or a second run of one trial
             retry(partial(client.delete_run, run_id))
             done.removed.append(run.info.run_name or run_id)
             continue
         runs[tid] = run_id
-        index[tid] = int(run.data.tags.get("nctune.trial_index", "0"))
+        index[tid] = int(run.data.tags.get(store.TAG_TRIAL_INDEX, "0"))
         trial = known[tid]
         if not run.data.params:  # the driver died between creating the run and its params
             retry(partial(client.log_batch, run_id, params=flat_params(trial.config)))
         ended = ended_as(trial)
-        status = run.data.tags.get("nctune.status", "running")
+        status = run.data.tags.get(store.TAG_STATUS, "running")
         if ended is None:
             done.adopted += 1
             tracker.status.pop(tid, None)

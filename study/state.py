@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analysis.crosstrial import store
 from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
 from study.guard import check_study_name, redact, redact_text
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ROOT", "STATE_FILE", "StudyState", "known_studies", "start_study",
            "study_folder"]
 
-STATE_FILE = "study.json"
+STATE_FILE = store.STATE_FILE
 
 
 @dataclass
@@ -68,13 +69,13 @@ class StudyState:
 
 def known_studies(root: str) -> list[str]:
     """Names of the studies under `root`, sorted."""
-    base = Path(root).expanduser().resolve() / "studies"
+    base = store.studies_dir(root)
     return sorted(p.parent.name for p in base.glob(f"*/{STATE_FILE}"))
 
 
 def study_folder(name: str, root: str) -> Path:
     """The folder of an existing study, or one clear line naming the studies there are."""
-    folder = Path(root).expanduser().resolve() / "studies" / check_study_name(name)
+    folder = store.study_dir(root, check_study_name(name))
     if not (folder / STATE_FILE).exists():
         raise InputError(f"study: no study '{name}' under {folder.parent}; "
                          f"known: {', '.join(known_studies(root)) or 'none'}")
@@ -91,10 +92,10 @@ def start_study(cfg: StudyConfig, manifest: dict[str, Any],
     optuna_url = storage_url(cfg)
     metrics, modes = cfg.search.metrics(), cfg.search.modes()
     client, exp_id = open_store(uri, cfg.tracking.experiment, artifact_root(cfg, uri))
-    tags = {"nctune.searched": ",".join(cfg.searched()), "nctune.sampler": cfg.search.sampler,
-            "nctune.metric": ",".join(metrics), "nctune.mode": ",".join(modes),
-            "nctune.code_version": code_version(), "nctune.optuna_study": cfg.name,
-            "nctune.optuna_storage": redact(optuna_url)}
+    tags = {store.TAG_SEARCHED: ",".join(cfg.searched()), store.TAG_SAMPLER: cfg.search.sampler,
+            store.TAG_METRIC: ",".join(metrics), store.TAG_MODE: ",".join(modes),
+            store.TAG_CODE_VERSION: code_version(), store.TAG_OPTUNA_STUDY: cfg.name,
+            store.TAG_OPTUNA_STORAGE: redact(optuna_url)}
     params = {"sampler": cfg.search.sampler, "num_samples": cfg.num_samples,
               "max_concurrent": cfg.search.max_concurrent, "metric": ",".join(metrics),
               "mode": ",".join(modes), "search_seed": cfg.search.seed,
@@ -181,7 +182,7 @@ def mark_parent(state: StudyState, status: str, budget_s: float | None = None) -
 
     client = MlflowClient(state.tracking_uri)
     run_id = state.parent_run_id
-    retry(lambda: client.set_tag(run_id, "nctune.status", status), budget_s=budget_s)
+    retry(lambda: client.set_tag(run_id, store.TAG_STATUS, status), budget_s=budget_s)
     if status == "running":
         retry(lambda: client.update_run(run_id, status="RUNNING"), budget_s=budget_s)
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import contract as names
+from analysis.crosstrial import store
 from analysis.crosstrial.runs import StudyRuns
 from analysis.errors import InputError
 from study.guard import redact_text
@@ -137,10 +138,10 @@ def set_headline(state: StudyState, lines: list[str]) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(state.tracking_uri)
-    run = client.get_run(state.parent_run_id)
-    question = run.data.tags.get("nctune.question", run.data.tags.get("mlflow.note.content", ""))
+    run = store.retry(lambda: client.get_run(state.parent_run_id))
+    question = run.data.tags.get(store.TAG_QUESTION, run.data.tags.get("mlflow.note.content", ""))
     text = question + ("\n\n**Result.** " + " ".join(lines) if lines else "")
-    client.set_tag(state.parent_run_id, "mlflow.note.content", text)
+    store.retry(lambda: client.set_tag(state.parent_run_id, "mlflow.note.content", text))
 
 
 def root_option(folder: Path) -> str:

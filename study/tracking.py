@@ -17,15 +17,25 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, Run, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.contract import is_trial_metric
+from analysis.crosstrial import store
+from analysis.crosstrial.store import (  # noqa: F401  (re-exported: the one back-off policy)
+    TAG_ERROR,
+    TAG_QUESTION,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_STUDY,
+    TrackingUnavailable,
+    first_line,
+    is_transient,
+    retry,
+)
 
 T = TypeVar("T")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -41,9 +51,6 @@ RUN_NAME_ALIASES = {
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "diverged": "FINISHED", "stopped": "KILLED",
                     "failed": "FAILED"}
-# Seconds of back-off a tracking call may spend before the study stops cleanly (resumable).
-RETRY_ENV = "NCTUNE_TRACKING_RETRY_S"
-DEFAULT_RETRY_S = 120.0
 
 
 def tracking_defaults() -> None:
@@ -58,49 +65,6 @@ def tracking_defaults() -> None:
     # would carry credentials if the tracking URI has them.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the summary's reads
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store kept failing for the whole retry budget; the study stops cleanly."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: a server error, a dropped connection, a locked database.
-
-    A client error (bad parameter, missing run, no permission) is a bug or a configuration
-    problem that waiting does not fix; it is raised at once.
-    """
-    if isinstance(exc, MlflowException):
-        status = exc.get_http_status_code()
-        return status >= 500 or status == 429
-    return isinstance(exc, OSError | TimeoutError) or "locked" in str(exc)
-
-
-def retry(fn: Callable[[], T], *, budget_s: float | None = None, first_wait: float = 0.5) -> T:
-    """Call `fn`, retrying transient failures with exponential backoff (0.5 s, 1 s, 2 s, ... at
-    most 30 s apart) until `budget_s` seconds (default $NCTUNE_TRACKING_RETRY_S or 120) of waiting
-    are spent; then raise TrackingUnavailable from the last error."""
-    budget = float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S)) if budget_s is None else budget_s
-    wait, waited = first_wait, 0.0
-    while True:
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if waited >= budget:
-                raise TrackingUnavailable(f"the tracking store failed for {waited:.0f} s: "
-                                          f"{first_line(str(exc))}") from exc
-            log.info("tracking call failed (%s); retrying in %.1f s", first_line(str(exc)), wait)
-            time.sleep(wait)
-            waited += wait
-            wait = min(wait * 2, 30.0, max(budget - waited, 0.1))
-
-
-def first_line(text: str) -> str:
-    """The first line of an error message, at most 300 characters."""
-    lines = text.strip().splitlines()
-    return lines[0][:300] if lines else ""
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
@@ -173,10 +137,10 @@ def trial_error(trial: Any) -> str | None:
 
 def finish_run(client: MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
     """Tag a child run with its nctune status (and error) and end it in the MLflow status."""
-    tags = [RunTag("nctune.status", status)]
+    tags = [RunTag(store.TAG_STATUS, status)]
     if error:
         last = (error.strip().splitlines() or ["unknown error"])[-1]
-        tags.append(RunTag("nctune.error", last[:500]))
+        tags.append(RunTag(store.TAG_ERROR, last[:500]))
         retry(lambda: client.log_text(run_id, error, "error.txt"))
     retry(lambda: client.log_batch(run_id, tags=tags))
     retry(lambda: client.set_terminated(run_id, STATUS_TO_MLFLOW[status]))
@@ -187,10 +151,10 @@ def log_study_start(client: MlflowClient, experiment_id: str, study: str, descri
                     artifacts: dict[str, str]) -> str:
     """Create the study's parent run with its config, space, manifest and code version."""
     run = client.create_run(experiment_id, run_name=study,
-                            tags={"nctune.study": study, "nctune.role": "study",
-                                  "nctune.status": "running",
+                            tags={store.TAG_STUDY: study, store.TAG_ROLE: store.ROLE_STUDY,
+                                  store.TAG_STATUS: "running",
                                   "mlflow.note.content": description,
-                                  "nctune.question": description, **tags})
+                                  store.TAG_QUESTION: description, **tags})
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     for name, text in artifacts.items():
@@ -200,7 +164,8 @@ def log_study_start(client: MlflowClient, experiment_id: str, study: str, descri
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
     """The study's trial runs (not deleted), oldest first."""
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`nctune.role` = 'trial'"
+    query = (f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+             f"tags.`{store.TAG_ROLE}` = '{store.ROLE_TRIAL}'")
     runs: list[Run] = []
     token = None
     while True:

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from analysis.contract import TRAIN_LOSS
+from analysis.crosstrial import store
 from study.resume import reconcile
 from study.tracking import (
     TrackingUnavailable,
@@ -141,16 +142,16 @@ class MLflowTrialLogger(Callback):
         if tid in self.runs:  # a restored or retried trial continues its run
             self.status.pop(tid, None)
             retry(lambda: self.client.update_run(self.runs[tid], status="RUNNING"))
-            retry(lambda: self.client.set_tag(self.runs[tid], "nctune.status", "running"))
+            retry(lambda: self.client.set_tag(self.runs[tid], store.TAG_STATUS, "running"))
             return
         self.index[tid] = max(self.index.values(), default=0) + 1
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
-            "nctune.study": self.study,
-            "nctune.role": "trial",
-            "nctune.trial_id": tid,
-            "nctune.trial_index": str(self.index[tid]),
-            "nctune.status": "running",
+            store.TAG_STUDY: self.study,
+            store.TAG_ROLE: store.ROLE_TRIAL,
+            store.TAG_TRIAL_ID: tid,
+            store.TAG_TRIAL_INDEX: str(self.index[tid]),
+            store.TAG_STATUS: "running",
         }
         name = run_name(self.index[tid], trial.config, self.searched)
         run = retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))

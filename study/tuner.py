@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.crosstrial import store
 from study.config import StudyConfig
 from study.optuna_store import TRIAL_ID_ATTR, mark_orphans, open_storage, storage_url
 from study.probe_keep import KeepEvaluatedWeights
@@ -212,9 +213,9 @@ def make_search(cfg: StudyConfig, state: StudyState, *, resumed: bool = False) -
     with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged through 5.x
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(cfg.search.metrics())  # optuna-dashboard's axis, not "Objective 0"
-    for key, value in {"nctune.study": cfg.name, "mlflow.experiment": state.experiment,
+    for key, value in {store.TAG_STUDY: cfg.name, "mlflow.experiment": state.experiment,
                        "mlflow.parent_run_id": state.parent_run_id,
-                       "nctune.metric": ",".join(cfg.search.metrics())}.items():
+                       store.TAG_METRIC: ",".join(cfg.search.metrics())}.items():
         study.set_user_attr(key, value)
     return search
 

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.crosstrial import store
 from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
 
@@ -130,7 +131,7 @@ def links(base: str, target: Target, experiment_id: str | None) -> list[tuple[st
     runs = f"{base}/#/experiments/{experiment_id}/runs"
     out = [(f"experiment '{target.experiment}'", f"{runs}?{view}")]
     if target.study:
-        study_filter = f"tags.`nctune.study` = '{target.study}'"
+        study_filter = f"tags.`{store.TAG_STUDY}` = '{target.study}'"
         query = urllib.parse.urlencode({**ML_VIEW, "searchFilter": study_filter},
                                        quote_via=urllib.parse.quote)
         out.append((f"study '{target.study}' runs", f"{runs}?{query}"))

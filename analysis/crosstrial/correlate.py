@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis import contract as names
+from analysis.crosstrial import store
 from analysis.crosstrial.runs import StudyRuns
 
 CONTROL = names.SOURCE_TEST_ACC
@@ -300,7 +301,7 @@ def transfer_columns(frame: pd.DataFrame) -> list[str]:
 def primary_transfer(study: StudyRuns) -> str | None:
     """The study's search metric if it is a few-shot accuracy, else 5w5s NCC, else the first."""
     cols = transfer_columns(study.final)
-    for c in (study.tags.get("nctune.metric", ""), names.DEFAULT_SEARCH_METRIC):
+    for c in (study.tags.get(store.TAG_METRIC, ""), names.DEFAULT_SEARCH_METRIC):
         if c in cols:
             return c
     return cols[0] if cols else None

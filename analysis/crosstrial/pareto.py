@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.crosstrial import store
+
 
 def pareto_mask(values: np.ndarray, modes: list[str]) -> np.ndarray:
     """Which rows of `values` (trials x objectives) no other row dominates.
@@ -50,8 +52,8 @@ def pareto_rows(final: pd.DataFrame, metrics: list[str], modes: list[str]) -> pd
 
 def objectives(tags: dict[str, str]) -> tuple[list[str], list[str]]:
     """The study's search metrics and modes from its parent-run tags (`a,b` / `max,min`)."""
-    metrics = [m for m in tags.get("nctune.metric", "").split(",") if m]
-    modes = [m for m in tags.get("nctune.mode", "").split(",") if m]
+    metrics = [m for m in tags.get(store.TAG_METRIC, "").split(",") if m]
+    modes = [m for m in tags.get(store.TAG_MODE, "").split(",") if m]
     return (metrics, modes) if len(metrics) == len(modes) else ([], [])
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from analysis import contract
 from analysis.crosstrial import correlate as corr
+from analysis.crosstrial import store
 from analysis.crosstrial.probe_figures import md_table
 from analysis.crosstrial.runs import StudyRuns, describe, load_study
 from analysis.errors import InputError
@@ -219,9 +220,8 @@ def analyze_probe(study_name: str, name: str, tracking_uri: str | None = None,
 
     study = load_study(study_name, tracking_uri, experiment)
     frame = probe_frame(study, name)
-    zoo = study.tags.get("nctune.kind") == "zoo"
-    out = Path(out_dir) if out_dir else (Path.cwd() / "nctune-runs" / "studies" / study_name
-                                         / "report" / f"probe-{name}")
+    zoo = study.tags.get(store.TAG_KIND) == "zoo"
+    out = Path(out_dir) if out_dir else store.report_dir(store.DEFAULT_ROOT, study_name, name)
     out.mkdir(parents=True, exist_ok=True)
     table = correlation_rows(frame, name, n_boot=n_boot, seed=seed)
     lines = verdict(frame, table, name, zoo)
@@ -275,18 +275,5 @@ def render_markdown(study: str, name: str, lines: list[str], wide: pd.DataFrame,
 
 def log_report(study: StudyRuns, folder: Path, name: str, metrics: dict[str, float]) -> str:
     """Log the report folder and its numbers to the parent run; '' or the error."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=study.tracking_uri)
-    now = int(time.time() * 1000)
-    try:
-        client.log_batch(study.parent_run_id,
-                         metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-        client.log_artifacts(study.parent_run_id, str(folder), f"analysis/probe-{name}")
-    except (MlflowException, OSError) as exc:
-        return f"could not log the probe report to run {study.parent_run_id}: {exc}"
-    return ""
+    return store.log_to_parent(study.tracking_uri, study.parent_run_id, metrics, folder,
+                               f"analysis/probe-{name}")

@@ -26,6 +26,7 @@ from analysis.crosstrial import effects as eff
 from analysis.crosstrial import figures as figs
 from analysis.crosstrial import layers as layer_mod
 from analysis.crosstrial import leaderboard as lb
+from analysis.crosstrial import store
 from analysis.crosstrial import trends as trend_mod
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.pareto import pareto_figures
@@ -61,7 +62,7 @@ class Report:
 
 def default_out_dir(study_name: str) -> Path:
     """nctune-runs/studies/<NAME>/report/ under the current folder (the study's own folder)."""
-    return Path.cwd() / "nctune-runs" / "studies" / study_name / "report"
+    return store.report_dir(store.DEFAULT_ROOT, study_name)
 
 
 def write_report(study_name: str, tracking_uri: str | None, out_dir: Path | str | None,
@@ -308,19 +309,5 @@ def _headline_metrics(study: StudyRuns, t: dict[str, Any]) -> dict[str, float]:
 
 def _log(study: StudyRuns, folder: Path, metrics: dict[str, float]) -> str:
     """Log the report folder and the headline metrics to the parent run; '' or the error."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=study.tracking_uri)
-    now = int(time.time() * 1000)
-    try:
-        items = [Metric(k, v, now, 0) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            client.log_batch(study.parent_run_id, metrics=items[i:i + 1000])
-        client.log_artifacts(study.parent_run_id, str(folder), artifact_path="analysis")
-    except (MlflowException, OSError) as exc:
-        return f"could not log the report to MLflow run {study.parent_run_id}: {exc}"
-    return ""
+    return store.log_to_parent(study.tracking_uri, study.parent_run_id, metrics, folder,
+                               "analysis")

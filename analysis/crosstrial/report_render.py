@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.contract import CDNV_TARGET
 from analysis.crosstrial import correlate as corr
+from analysis.crosstrial import store
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.layers import layer_view
 from analysis.crosstrial.leaderboard import leaderboard_view
@@ -195,11 +196,11 @@ def render(fmt: str, study: StudyRuns, t: dict[str, Any], verdict: list[str],
     tags = study.tags
     info = {"study": study.name, "tracking URI": study.tracking_uri,
             "experiment": study.experiment, "parent run": study.parent_run_id,
-            "sampler": tags.get("nctune.sampler", ""), "search metric":
-            f"{tags.get('nctune.metric', '')} ({tags.get('nctune.mode', '')})",
+            "sampler": tags.get(store.TAG_SAMPLER, ""), "search metric":
+            f"{tags.get(store.TAG_METRIC, '')} ({tags.get(store.TAG_MODE, '')})",
             "searched": ", ".join(study.searched),
             "trials": f"{len(study.usable)} usable of {len(study.trials)}",
-            "status": tags.get("nctune.status", "")}
+            "status": tags.get(store.TAG_STATUS, "")}
     return env.get_template(f"report.{fmt}.j2").render(
         study=study.name, description=tags.get("mlflow.note.content", ""), info=info,
         verdict=verdict, problems=study.problems, sections=_sections(study, t),

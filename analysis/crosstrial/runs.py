@@ -27,6 +27,7 @@ import pandas as pd
 
 from analysis import contract as names
 from analysis.contract import describe  # noqa: F401  (re-exported: the one labeller)
+from analysis.crosstrial import store
 from analysis.crosstrial.store import check_tracking_uri, resolve_tracking_uri
 from analysis.errors import InputError
 
@@ -124,11 +125,12 @@ def load_study(name: str, tracking_uri: str | None = None,
             )
         parents = _search_all(
             client, exp.experiment_id,
-            f"tags.`nctune.role` = 'study' and tags.`nctune.study` = '{_quote(name)}'",
+            f"tags.`{store.TAG_ROLE}` = '{store.ROLE_STUDY}' and "
+            f"tags.`{store.TAG_STUDY}` = '{_quote(name)}'",
         )
         if not parents:
-            known = sorted({r.data.tags.get("nctune.study", r.info.run_name) for r in _search_all(
-                client, exp.experiment_id, "tags.`nctune.role` = 'study'")})
+            known = sorted({r.data.tags.get(store.TAG_STUDY, r.info.run_name) for r in _search_all(
+                client, exp.experiment_id, f"tags.`{store.TAG_ROLE}` = '{store.ROLE_STUDY}'")})
             raise InputError(
                 f"no study named {name!r} in experiment {experiment!r} at {uri}; "
                 f"studies there: {known or 'none'}"
@@ -227,14 +229,14 @@ def _frames(runs: list[Any],
     for pos, i in enumerate(order):
         run = runs[i]
         tags = run.data.tags
-        idx_tag = tags.get("nctune.trial_index", "")
+        idx_tag = tags.get(store.TAG_TRIAL_INDEX, "")
         index = int(idx_tag) if idx_tag.lstrip("-").isdigit() else pos
-        status = tags.get("nctune.status") or _MLFLOW_STATUS.get(run.info.status, "running")
+        status = tags.get(store.TAG_STATUS) or _MLFLOW_STATUS.get(run.info.status, "running")
         rows.append({
             "trial_index": index, "run_id": run.info.run_id,
             "run_name": run.info.run_name or run.info.run_id[:8],
-            "trial_id": tags.get("nctune.trial_id", ""), "status": status,
-            "error": tags.get("nctune.error", ""), **run.data.params,
+            "trial_id": tags.get(store.TAG_TRIAL_ID, ""), "status": status,
+            "error": tags.get(store.TAG_ERROR, ""), **run.data.params,
         })
         for key, metrics in histories[i].items():
             long.extend((index, int(m.step), key, _value(m.value), int(m.timestamp))
@@ -337,7 +339,7 @@ def _final(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
 
 
 def _searched(tags: dict[str, str], trials: pd.DataFrame, params: list[str]) -> list[str]:
-    tag = tags.get("nctune.searched", "")
+    tag = tags.get(store.TAG_SEARCHED, "")
     if tag:
         return [k.strip() for k in tag.split(",") if k.strip() in params]
     # No tag: take what varies across trials, except replication seeds.

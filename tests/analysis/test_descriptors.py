@@ -20,8 +20,8 @@ def test_every_name_the_contract_builds_has_a_descriptor():
 
 
 def test_the_contracts_families_are_read_from_the_descriptors():
-    assert names.COLLAPSE_FAMILIES == descriptors.families("collapse")
-    assert names.ESTIMATORS == tuple(f.split("/")[1] for f in descriptors.families("transfer"))
+    assert descriptors.families("collapse") == names.COLLAPSE_FAMILIES
+    assert tuple(f.split("/")[1] for f in descriptors.families("transfer")) == names.ESTIMATORS
     assert all(names.descriptor(names.collapse_key(f, s)).collapse
                for f in names.COLLAPSE_FAMILIES for s in names.SPLITS)
 
