@@ -7,7 +7,6 @@ that matters most (`color_by`). The drawing helpers they share live in
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from analysis.crosstrial.plotting import (
     colours,
     log_axis,
     note,
-    save_figure,
+    report_figure,
     tick_label,
     trend,
 )
@@ -328,10 +327,4 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
         made.append(("importances", "Optuna parameter importances for target CDNV and for "
                      "few-shot accuracy.", importance_bars(t["importances"])))
     made += layer_figures(final, hist, y)
-    out = []
-    for stem, caption, fig in made:
-        paths = save_figure(fig, folder, stem)
-        out.append({"stem": stem, "caption": caption, "png": f"figures/{stem}.png",
-                    "svg": f"figures/{stem}.svg",
-                    "data": base64.b64encode(paths["png"].read_bytes()).decode()})
-    return out
+    return [report_figure(fig, folder, stem, caption) for stem, caption, fig in made]

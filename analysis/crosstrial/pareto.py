@@ -9,7 +9,6 @@ researcher wants it here: source accuracy and transfer pull against each other.
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ def pareto_figures(final: pd.DataFrame, tags: dict[str, str],
     every usable trial on the first two objectives, the front drawn and labelled."""
     import matplotlib.pyplot as plt
 
-    from analysis.crosstrial.plotting import save_figure
+    from analysis.crosstrial.plotting import report_figure
 
     metrics, modes = objectives(tags)
     if len(metrics) < 2 or any(m not in final.columns for m in metrics[:2]):
@@ -85,10 +84,8 @@ def pareto_figures(final: pd.DataFrame, tags: dict[str, str],
     ax.set_title(f"Pareto front: {len(front)} of {len(usable)} trials")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    paths = save_figure(fig, folder, "pareto_front")
-    plt.close(fig)
     caption = (f"{x} against {y} at each usable trial's final epoch; red: the Pareto front "
                "(no other trial is at least as good on both and better on one).")
-    return [{"stem": "pareto_front", "caption": caption, "png": "figures/pareto_front.png",
-             "svg": "figures/pareto_front.svg",
-             "data": base64.b64encode(paths["png"].read_bytes()).decode()}]
+    entry = report_figure(fig, folder, "pareto_front", caption)
+    plt.close(fig)
+    return [entry]

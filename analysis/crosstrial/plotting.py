@@ -7,6 +7,7 @@ never switches the caller's backend or leaks global state.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ def save_figure(fig: Figure, folder: Path, stem: str) -> dict[str, Path]:
         out[ext] = folder / f"{stem}.{ext}"
         fig.savefig(out[ext], dpi=DPI, bbox_inches="tight")
     return out
+
+
+def report_figure(fig: Figure, folder: Path, stem: str, caption: str) -> dict[str, str]:
+    """Save `fig` (PNG + SVG) and return the report templates' entry for it: stem, caption,
+    relative paths and the PNG inlined as base64 (reports are self-contained)."""
+    paths = save_figure(fig, folder, stem)
+    return {"stem": stem, "caption": caption, "png": f"figures/{stem}.png",
+            "svg": f"figures/{stem}.svg",
+            "data": base64.b64encode(paths["png"].read_bytes()).decode()}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The probe report's figure and its HTML page (see `probe_report`).
+"""The probe report's figure and its Markdown tables (see `probe_report`).
 
 One figure answers the probe's question at a glance: few-shot accuracy against source-train
 CDNV (log scale), in-domain on the left and on the probe's domain on the right, one point per
@@ -8,8 +8,6 @@ one panel plots accuracy against CDNV measured on the probe's domain.
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +16,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import contract
-from analysis.crosstrial.plotting import log_axis, save_figure, trend
+from analysis.crosstrial.plotting import log_axis, report_figure, trend
 from analysis.crosstrial.runs import describe
 
 SOURCE_CDNV = contract.collapse_key("cdnv", contract.SOURCE_TRAIN)
 
 
 def probe_figure(frame: pd.DataFrame, name: str, y_probe: str | None, folder: Path, *,
-                 zoo: bool) -> Path | None:
-    """Write figures/probe.png (+ .svg) under `folder`; its path, or None with nothing to plot."""
+                 zoo: bool) -> dict[str, str] | None:
+    """Write figures/probe.png (+ .svg) under `folder`; its report entry (plotting.report_figure),
+    or None with nothing to plot."""
     if y_probe is None:
         return None
     home = contract.DEFAULT_SEARCH_METRIC
@@ -47,7 +46,10 @@ def probe_figure(frame: pd.DataFrame, name: str, y_probe: str | None, folder: Pa
     for ax, (x, y, xlabel, title) in zip(axes, panels, strict=True):
         draw_panel(ax, frame, x, y, xlabel, title)
         ax.set_ylabel(f"{shape} (%)")
-    return save_figure(fig, folder / "figures", "probe")["png"]
+    caption = ("Few-shot accuracy against CDNV, one point per model, on the probe's domain."
+               if zoo else "Few-shot accuracy against source-train CDNV, one point per trial: "
+               "in-domain (left) and on the probe's domain (right), with a trend and its band.")
+    return report_figure(fig, folder / "figures", "probe", caption)
 
 
 def draw_panel(ax: Any, frame: pd.DataFrame, x: str, y: str, xlabel: str, title: str) -> None:
@@ -84,42 +86,3 @@ def md_table(frame: pd.DataFrame, digits: int = 4) -> str:
     rule = "|" + "---|" * len(frame.columns)
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
     return "\n".join([head, rule, *rows])
-
-
-def render_html(markdown: str, figure: Path | None) -> str:
-    """A self-contained HTML page of the Markdown report (headings, lists, tables, the figure
-    inlined), so the file can be mailed or opened from MLflow's artifact view alone."""
-    body, table = [], []
-    for line in [*markdown.splitlines(), ""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            body.append(html_table(table))
-            table = []
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("- "):
-            body.append(f"<p>{html.escape(line[2:])}</p>")
-        elif line.startswith("![") and figure is not None:
-            data = base64.b64encode(figure.read_bytes()).decode()
-            body.append(f'<img alt="probe figure" style="max-width:100%" '
-                        f'src="data:image/png;base64,{data}">')
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse;font-size:90%}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>probe report</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-
-
-def html_table(lines: list[str]) -> str:
-    """A Markdown table's lines as an HTML table."""
-    rows = [[html.escape(c.strip()) for c in ln.strip().strip("|").split("|")] for ln in lines
-            if not set(ln.replace("|", "").strip()) <= {"-"}]
-    head = "".join(f"<th>{c}</th>" for c in rows[0]) if rows else ""
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><tr>{head}</tr>{body}</table>"

@@ -24,7 +24,7 @@ import pandas as pd
 
 from analysis import contract
 from analysis.crosstrial import correlate as corr
-from analysis.crosstrial import store
+from analysis.crosstrial import report_render, store
 from analysis.crosstrial.probe_figures import md_table
 from analysis.crosstrial.runs import StudyRuns, describe, load_study
 from analysis.errors import InputError
@@ -216,7 +216,7 @@ def analyze_probe(study_name: str, name: str, tracking_uri: str | None = None,
                   n_boot: int = 2000, seed: int = 0, log_to_mlflow: bool = True) -> ProbeReport:
     """Load the study, answer the cross-domain question, write report.md/.html, CSVs and the
     figure into `out_dir`, and log them and the headline numbers to the parent run."""
-    from analysis.crosstrial.probe_figures import probe_figure, render_html
+    from analysis.crosstrial.probe_figures import probe_figure
 
     study = load_study(study_name, tracking_uri, experiment)
     frame = probe_frame(study, name)
@@ -233,10 +233,21 @@ def analyze_probe(study_name: str, name: str, tracking_uri: str | None = None,
                                                   "verdict": lines, "metrics": metrics},
                                                  indent=2, allow_nan=False))
     wide = side_by_side(table, name) if len(table) else pd.DataFrame()
-    md = render_markdown(study_name, name, lines, wide, frame, figure)
-    (out / "report.md").write_text(md, encoding="utf-8")
+    shown = frame[trial_columns(frame, name)]
+    (out / "report.md").write_text(render_markdown(study_name, name, lines, wide, shown, figure),
+                                   encoding="utf-8")
     path = out / "report.html"
-    path.write_text(render_html(md, figure), encoding="utf-8")
+    info = {"study": study_name, "probe": name, "tracking URI": study.tracking_uri,
+            "parent run": study.parent_run_id, "trials": str(len(frame))}
+    sections = [{"id": "correlations", "title": QUESTION, "lines": [explain(name)],
+                 "figures": ["probe"], "tables": [
+                     report_render.table("Spearman and partial Spearman, in-domain and "
+                                         "on the probe", wide)]},
+                {"id": "trials", "title": "Probed trials", "lines": [], "figures": [],
+                 "tables": [report_render.table("Each probed trial at its final epoch", shown,
+                                                collapsed=len(shown) > 20)]}]
+    path.write_text(report_render.render_probe(study_name, name, info, lines, sections,
+                                 [figure] if figure else []), encoding="utf-8")
     error = log_report(study, out, name, metrics) if log_to_mlflow else ""
     return ProbeReport(path, lines, table, frame, metrics, error)
 
@@ -251,25 +262,36 @@ def headline_metrics(table: pd.DataFrame, name: str, n: int) -> dict[str, float]
     return {k: float(v) for k, v in m.items() if v is not None and math.isfinite(v)}
 
 
-def render_markdown(study: str, name: str, lines: list[str], wide: pd.DataFrame,
-                    frame: pd.DataFrame, figure: Path | None) -> str:
-    """The report in Markdown: verdict, side-by-side table, the figure, the probed trials."""
-    keep = [c for c in frame.columns if c in ("run_name", "epoch", corr.CONTROL,
-                                              contract.DEFAULT_SEARCH_METRIC, HEADLINE)
+QUESTION = "Does collapse predict transfer, in-domain and on the probe's domain?"
+
+
+def explain(name: str) -> str:
+    """How to read the side-by-side table (the same sentence in Markdown and HTML)."""
+    return (f"Spearman and partial Spearman with 95% bootstrap intervals over trials, against "
+            f"5-way 5-shot NCC accuracy on the study's own target classes (in-domain) and on "
+            f"'{name}' (probe). Rows measured on a target (cdnv/target, layer/..., "
+            f"transfer/...) read each side's own target; a negative CDNV correlation means "
+            f"more collapse, better transfer.")
+
+
+def trial_columns(frame: pd.DataFrame, name: str) -> list[str]:
+    """The probed-trials table's columns: name, epoch, source and in-domain accuracy, and the
+    probe's NCC accuracies and CDNVs (the rest is in trials.csv)."""
+    return [c for c in frame.columns if c in ("run_name", "epoch", corr.CONTROL,
+                                               contract.DEFAULT_SEARCH_METRIC, HEADLINE)
             or (c.startswith(contract.probe_key(name, "")) and
                 (c.endswith("/ncc/acc") or "/cdnv/" in c))]
+
+
+def render_markdown(study: str, name: str, lines: list[str], wide: pd.DataFrame,
+                    shown: pd.DataFrame, figure: dict[str, str] | None) -> str:
+    """The report in Markdown: verdict, side-by-side table, the figure, the probed trials."""
     parts = [f"# Probe '{name}' of study '{study}'", "", *[f"- {line}" for line in lines], "",
-             "## Does collapse predict transfer, in-domain and on the probe's domain?", "",
-             f"Spearman and partial Spearman with 95% bootstrap intervals over trials, against "
-             f"5-way 5-shot NCC accuracy on the study's own target classes (in-domain) and on "
-             f"'{name}' (probe). Rows measured on a target (cdnv/target, layer/..., "
-             f"transfer/...) read each side's own target; a negative CDNV correlation means "
-             f"more collapse, better transfer.", "",
-             md_table(wide) if len(wide) else "(no correlations: too few trials)",
-             ""]
+             f"## {QUESTION}", "", explain(name), "",
+             md_table(wide) if len(wide) else "(no correlations: too few trials)", ""]
     if figure is not None:
-        parts += [f"![probe figure](figures/{figure.name})", ""]
-    parts += ["## Probed trials", "", md_table(frame[keep]), ""]
+        parts += [f"![{figure['caption']}]({figure['png']})", ""]
+    parts += ["## Probed trials", "", md_table(shown), ""]
     return "\n".join(parts)
 
 

@@ -65,7 +65,8 @@ def _fmt(v: Any, percent: bool = False) -> str:
     return "" if v is None else str(v)
 
 
-def _table(caption: str, df: pd.DataFrame, collapsed: bool = False) -> dict[str, Any]:
+def table(caption: str, df: pd.DataFrame, collapsed: bool = False) -> dict[str, Any]:
+    """A frame as the templates' table: labelled columns, formatted cells."""
     pct = [c.endswith("_frac") for c in df.columns]
     return {"caption": caption, "columns": [LABELS.get(c, c) for c in df.columns],
             "collapsed": collapsed,
@@ -124,34 +125,34 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"id": "correlations", "title": "Does collapse predict transfer?",
          "figures": ["transfer_vs_cdnv"],
-         "tables": [_table(f"Across trials at their final epoch, against {y}", c[c["transfer"] == y]
+         "tables": [table(f"Across trials at their final epoch, against {y}", c[c["transfer"] == y]
                            if len(c) else c),
-                    _table("Across trials, every transfer metric", c, collapsed=True),
-                    _table("Across (trial, epoch) points, resampled by trial",
+                    table("Across trials, every transfer metric", c, collapsed=True),
+                    table("Across (trial, epoch) points, resampled by trial",
                            _corr_view(t["correlations_epochs"]), collapsed=True)]},
         {"id": "within", "title": "Within trials, over training",
          "figures": ["cdnv_over_epochs"],
-         "tables": [_table("Does collapse fall while transfer rises, trial by trial?", ts),
-                    _table("Per trial (Spearman over epochs)", t["within_trial"],
+         "tables": [table("Does collapse fall while transfer rises, trial by trial?", ts),
+                    table("Per trial (Spearman over epochs)", t["within_trial"],
                            collapsed=True)]},
         {"id": "generalization", "title": "Does source-train collapse carry over?",
-         "figures": [], "tables": [_table("Source-train CDNV against source-test and target "
+         "figures": [], "tables": [table("Source-train CDNV against source-test and target "
                                           "CDNV, through comparable variants", gen)]},
         {"id": "effects", "title": "Regularization effects", "figures": ["effects", "importances"],
-         "tables": [_table("Rank correlation of each hyperparameter with each target", effects),
-                    _table("Mean per value over trials (parameters with few values; geometric "
+         "tables": [table("Rank correlation of each hyperparameter with each target", effects),
+                    table("Mean per value over trials (parameters with few values; geometric "
                            "mean for CDNV)", pv),
-                    _table("Optuna importances (fANOVA with seed 0, PED-ANOVA)", imp_view)]},
+                    table("Optuna importances (fANOVA with seed 0, PED-ANOVA)", imp_view)]},
         {"id": "layers", "title": "Where in the network", "lines": t["layer_lines"],
          "figures": ["layers_by_depth", "layers_heatmap"],
-         "tables": [_table(f"Per tap, across trials at their final epoch: its target CDNV and "
+         "tables": [table(f"Per tap, across trials at their final epoch: its target CDNV and "
                            f"its own NCC accuracy against {y} (95% bootstrap intervals; "
                            "partial: at equal source accuracy)",
                            layer_view(t["layers"]).assign(p=lambda d: d["p"].map(pval)))]},
         {"id": "leaderboard", "title": "Which statistic ranks transfer best?",
          "lines": [t["leaderboard_line"]] if t.get("leaderboard_line") else [],
          "figures": ["leaderboard"],
-         "tables": [_table(f"Every candidate against {y} across trials at their final epoch, "
+         "tables": [table(f"Every candidate against {y} across trials at their final epoch, "
                            "oriented so that > 0 ranks trials the right way round (95% "
                            "bootstrap intervals over trials; partial: at equal source "
                            "accuracy); best τ_w first", leaderboard_view(t["leaderboard"], y)
@@ -159,11 +160,11 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
         {"id": "bound", "title": "The bounds against the observed error",
          "lines": t.get("bound_unchecked", []),
          "figures": ["bound_vs_error"],
-         "tables": [_table("Per bound (CDNV: against ncc_raw; Cantelli: against the primary "
+         "tables": [table("Per bound (CDNV: against ncc_raw; Cantelli: against the primary "
                            "ncc) and episode shape, over (trial, epoch) points",
                            t["bound_summary"])]},
         {"id": "trials", "title": "Trials", "figures": [],
-         "tables": [_table("Every trial at its final evaluated epoch", trials)]},
+         "tables": [table("Every trial at its final evaluated epoch", trials)]},
         *_pareto_section(study),
     ]
 
@@ -181,18 +182,32 @@ def _pareto_section(study: StudyRuns) -> list[dict[str, Any]]:
              "lines": [f"{len(front)} trials are on the front of "
                        + " and ".join(f"{m} ({mode})" for m, mode in
                                       zip(metrics, modes, strict=True)) + "."],
-             "tables": [_table("Trials on the Pareto front",
+             "tables": [table("Trials on the Pareto front",
                                front[[c for c in dict.fromkeys(cols) if c in front]])]}]
 
 
-def render(fmt: str, study: StudyRuns, t: dict[str, Any], verdict: list[str],
-            figures: list[dict[str, Any]], out: Path) -> str:
-    """Fill the HTML or Markdown template with the report's tables, verdict and figures; returns the
-    text written to `out`."""
+def templates() -> Any:
+    """The jinja2 environment of templates/ (HTML autoescaped); base.html.j2 is every report's
+    look."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    env = Environment(loader=FileSystemLoader(TEMPLATES), keep_trailing_newline=True,
-                      autoescape=select_autoescape(["html", "html.j2"]))
+    return Environment(loader=FileSystemLoader(TEMPLATES), keep_trailing_newline=True,
+                       autoescape=select_autoescape(["html", "html.j2"]))
+
+
+def render_probe(study: str, probe: str, info: dict[str, str], verdict: list[str],
+                 sections: list[dict[str, Any]], figures: list[dict[str, Any]]) -> str:
+    """The probe report's HTML: the study report's template and style, the probe's sections."""
+    return templates().get_template("probe.html.j2").render(
+        study=study, probe=probe, info=info, verdict=verdict, problems=[], sections=sections,
+        figures={f["stem"]: f for f in figures})
+
+
+def render(fmt: str, study: StudyRuns, t: dict[str, Any], verdict: list[str],
+           figures: list[dict[str, Any]], out: Path) -> str:
+    """Fill the HTML or Markdown template with the report's tables, verdict and figures; returns the
+    text written to `out`."""
+    env = templates()
     tags = study.tags
     info = {"study": study.name, "tracking URI": study.tracking_uri,
             "experiment": study.experiment, "parent run": study.parent_run_id,

@@ -57,3 +57,28 @@ def test_no_association_is_not_called_a_prediction():
     away = pick(table, "probe", "cdnv/source_train")
     assert away.ci_low < 0 < away.ci_high
     assert "did not clearly predict transfer to 'digits'" in lines[1]
+
+
+def test_the_html_report_has_the_study_reports_look(new_store, tmp_path):
+    """Written end to end from a real MLflow store: the study report's template (its style,
+    verdict box and figure convention), the wide table scrolls inside the page."""
+    from analysis.crosstrial.probe_report import analyze_probe
+    from tests.analysis.conftest import synth_trial, write_study
+
+    uri = new_store()
+    rng = np.random.default_rng(0)
+    trials = []
+    for i, cdnv in enumerate(np.linspace(0.2, 1.0, 8)):
+        t = synth_trial({"weight_decay": 10.0 ** -(i + 1)}, cdnv_final=float(cdnv),
+                        acc_final=float(0.9 - 0.3 * cdnv), rng=rng)
+        last = max(t.metrics["fewshot/5w5s/ncc/acc"])
+        t.metrics[Y_PROBE] = {last: float(0.8 - 0.4 * cdnv)}
+        t.metrics[contract.probe_key(PROBE, "cdnv/target")] = {last: float(2 * cdnv)}
+        trials.append(t)
+    write_study(uri, "s", trials, searched=["weight_decay"])
+    report = analyze_probe("s", PROBE, uri, tmp_path / "out", n_boot=200, log_to_mlflow=False)
+    html = report.path.read_text()
+    assert 'class="verdict"' in html and "overflow-x: auto" in html
+    assert "Probe <code>digits</code> of study <code>s</code>" in html
+    assert html.count("data:image/png;base64,") == 1 and "figures/probe.svg" in html
+    assert (tmp_path / "out" / "report.md").read_text().count("figures/probe.png") == 1
