@@ -1,7 +1,7 @@
 """The metric contract: every metric name nctune logs, and the one function that lists them.
 
 Trials report these names (`trainables.evaluate`, `trainables.pretrain`), the driver logs them
-to MLflow (`study.tracking`), the config checks `search.metric` against them (`study.config`),
+to MLflow (`study.run.tracking`), the config checks `search.metric` against them (`study.config`),
 and the study analysis reads them (`analysis.crosstrial`). A name is built here or nowhere:
 
     collapse_key("cdnv", "target")          -> "cdnv/target"

@@ -10,7 +10,7 @@ trials use the two cores without oversubscribing them; a trial that took every c
 threads would leave the ratio near 1.
 
 How: the demo preset (nctune's own demo config) as two real studies through
-`study.driver.run_study` on one local Ray, identical but for max_concurrent, with the demo's 8
+`study.run.driver.run_study` on one local Ray, identical but for max_concurrent, with the demo's 8
 trials (`--samples` to change it). The same search seed gives the same configs in both (TPE
 samples its first 10 trials at random; checked and reported as `same_configs`). Trials per hour
 = trials / the Tune run's time (from its start, before any worker exists, to the last trial's
@@ -49,9 +49,9 @@ import ray
 from ray import tune
 
 from study.config import StudyConfig
-from study.driver import run_study
 from study.presets import read_preset
-from study.tuner import init_ray
+from study.run.driver import run_study
+from study.run.tuner import init_ray
 
 
 class TrialSpans(tune.Callback):
@@ -214,10 +214,10 @@ def machine_scaling(seconds: float) -> dict[str, Any]:
 
 
 def start_ray() -> str:
-    """The product's local Ray (`study.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
+    """The product's local Ray (`study.run.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(None)
-    return "study.tuner.init_ray"
+    return "study.run.tuner.init_ray"
 
 
 def demo_study(root: str, concurrent: int, samples: int, quick: bool) -> StudyConfig:

@@ -5,7 +5,7 @@ load); `--quick` about 1 minute.
 
 Claim 1 (ratio <= 1.05): an epoch of the Ray trainable with tracking on and evaluation off takes
 at most 5% longer than a bare PyTorch loop on the same model, data and threads. The trainable runs
-as a real one-trial study through `study.driver.run_study` (local Ray, the MLflow callback
+as a real one-trial study through `study.run.driver.run_study` (local Ray, the MLflow callback
 writing to a temporary sqlite store, a checkpoint with every report), with
 `evaluation.eval_every` larger than `epochs`, so only the last epoch evaluates. Its epoch time is
 what the driver sees: the wall time between consecutive results arriving at a Tune callback,
@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from ray import tune
 
 from study.config import StudyConfig
-from study.driver import run_study
 from study.presets import read_preset
-from study.tuner import init_ray
+from study.run.driver import run_study
+from study.run.tuner import init_ray
 from trainables.augment import BatchAugment
 from trainables.backbones import create_backbone
 from trainables.config import TrialConfig
@@ -80,10 +80,10 @@ class ResultClock(tune.Callback):
 
 
 def start_ray() -> str:
-    """The product's local Ray (`study.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
+    """The product's local Ray (`study.run.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(None)
-    return "study.tuner.init_ray"
+    return "study.run.tuner.init_ray"
 
 
 def bare_epochs(data: DataSplits, cfg: TrialConfig, threads: int, epochs: int) -> list[float]:

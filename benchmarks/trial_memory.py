@@ -9,7 +9,7 @@ size; a copy per trial would give >= 4. The product shares the data through its 
 split cache (`trainables.data.cache`, .npy files under NCTUNE_CACHE opened copy-on-write): pages
 that trials only read are the node's page cache, counted once, in nobody's USS.
 
-How: two real studies through `study.driver.run_study` (local Ray with this machine's CPUs,
+How: two real studies through `study.run.driver.run_study` (local Ray with this machine's CPUs,
 `resources.cpus_per_trial` 0.5, `search.max_concurrent` 4, so the 4 trials run at once with one
 torch thread each, the MLflow callback on), first on a tiny data set, then on the large one. Both
 are the `folder` data set (canonical split from split.json) over one folder of 128x128 RGB PNG
@@ -50,8 +50,8 @@ from PIL import Image
 from ray import tune
 
 from study.config import StudyConfig
-from study.driver import run_study
-from study.tuner import init_ray
+from study.run.driver import run_study
+from study.run.tuner import init_ray
 
 TRIALS = 4
 SIZE = 128  # RGB: 49,152 bytes per image
@@ -185,10 +185,10 @@ def anonymous_bytes(pid: int) -> int:
 
 
 def start_ray() -> str:
-    """The product's local Ray (`study.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
+    """The product's local Ray (`study.run.tuner.init_ray`: 127.0.0.1, never a recorded cluster)."""
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(None)
-    return "study.tuner.init_ray"
+    return "study.run.tuner.init_ray"
 
 
 def measure(cfg: StudyConfig, cache: str) -> dict[str, Any]:

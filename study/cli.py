@@ -20,14 +20,14 @@ from analysis.errors import InputError
 
 # Modules that add sub-commands, in the order `nctune --help` lists them.
 COMMAND_MODULES = [
-    "study.commands",
-    "study.metrics_cmd",
-    "study.datasets_cmd",
-    "study.cluster",
-    "study.analyze_cmd",
-    "study.probe_cmd",
-    "study.ui",
-    "study.dashboard",
+    "study.commands.studies",
+    "study.commands.metrics",
+    "study.commands.datasets",
+    "study.commands.cluster",
+    "study.commands.analyze",
+    "study.commands.probe",
+    "study.commands.ui",
+    "study.commands.dashboard",
 ]
 
 

@@ -1,6 +1,6 @@
 """Load one study from MLflow into tidy pandas frames.
 
-The layout is the one `study.tracking` writes (see the contract): a parent run per study tagged
+The layout is the one `study.run.tracking` writes (see the contract): a parent run per study tagged
 `nctune.role=study`, a nested child run per trial, params = the flat trial config (as strings),
 metrics with step = epoch. Nothing here writes to the store.
 

@@ -1,6 +1,6 @@
 """Synthetic studies written through the real MLflow client, with planted relationships.
 
-`write_study` lays out runs the way `study.tracking` does (contract: parent run per study,
+`write_study` lays out runs the way `study.run.tracking` does (contract: parent run per study,
 nested child run per trial, flat params, metrics with step=epoch). `synth_trial` turns a
 trial's planted final values into full per-epoch histories of every contract metric: CDNV
 falls and few-shot accuracy rises over epochs, so the within-trial trend is planted too.

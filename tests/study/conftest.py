@@ -8,7 +8,7 @@ import ray
 
 @pytest.fixture(scope="module")
 def local_ray():
-    from study.tuner import init_ray
+    from study.run.tuner import init_ray
 
     init_ray(None)
     yield

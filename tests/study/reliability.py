@@ -207,7 +207,7 @@ def optuna_audit(cfg: StudyConfig, uri: str) -> dict[str, Any]:
     each complete trial's parameters equal its MLflow run's."""
     import optuna
 
-    from study.optuna_store import TRIAL_ID_ATTR, storage_url
+    from study.run.optuna_store import TRIAL_ID_ATTR, storage_url
 
     study = optuna.load_study(study_name=cfg.name, storage=storage_url(cfg))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

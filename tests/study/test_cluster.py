@@ -15,14 +15,14 @@ import yaml
 from ray.autoscaler._private.util import validate_config
 
 from analysis.errors import InputError
-from study.cluster import (
+from study.commands.cluster import (
     TrialResources,
     check_presets_fit,
     node_types,
     read_preset_resources,
     trials_per_node,
 )
-from study.cluster_schema import (
+from study.commands.cluster_schema import (
     GPU_HINT,
     check_cluster_config,
     load_cluster_file,

@@ -117,12 +117,12 @@ def test_a_closed_pipe_ends_the_output_quietly():
 def test_a_broken_pipe_elsewhere_is_not_mistaken_for_a_closed_output(monkeypatch):
     """A socket dropped under a command (say a tracking server) surfaces; only a gone reader of
     stdout ends quietly."""
-    import study.commands
+    import study.commands.studies
 
     def drop(_args):
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(study.commands, "cmd_presets", drop)
+    monkeypatch.setattr(study.commands.studies, "cmd_presets", drop)
     with pytest.raises(BrokenPipeError):
         main(["presets"])
 

@@ -18,7 +18,8 @@ PACKAGES = ("study", "trainables", "analysis")
 
 
 def module_name(path: Path) -> str:
-    """`study/tuner.py` -> `study.tuner`; `analysis/measure/__init__.py` -> `analysis.measure`."""
+    """`study/run/tuner.py` -> `study.run.tuner`; `analysis/measure/__init__.py` ->
+    `analysis.measure`."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -105,8 +106,8 @@ def test_the_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
 def test_the_graph_sees_every_kind_of_import() -> None:
     graph = import_graph()
     assert "study.config" in graph["study.presets"]  # at module level
-    assert "study.driver" in graph["study.commands"]  # inside a function
-    assert "study.state" in graph["study.progress"]  # under `if TYPE_CHECKING:`
+    assert "study.run.driver" in graph["study.commands.studies"]  # inside a function
+    assert "study.run.state" in graph["study.run.progress"]  # under `if TYPE_CHECKING:`
     assert "analysis.contract" in graph["trainables.config"]  # across packages
     assert len(graph) > 40
 

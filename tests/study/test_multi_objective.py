@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from analysis.crosstrial.pareto import pareto_mask
 from study.cli import main
-from study.driver import run_study
+from study.run.driver import run_study
 from tests.study.studies import tiny_study
 
 TWO = {"metric": ["fewshot/5w5s/ncc/acc", "source/test_acc"], "mode": ["max", "max"]}

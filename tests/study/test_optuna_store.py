@@ -11,7 +11,7 @@ import pytest
 
 from analysis.errors import InputError
 from study.cli import main
-from study.optuna_store import check_existing, describe_difference, open_storage, storage_url
+from study.run.optuna_store import check_existing, describe_difference, open_storage, storage_url
 from study.space import optuna_space
 from tests.study.studies import tiny_study
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from analysis import contract
 from study.cli import main
-from study.driver import run_study
+from study.run.driver import run_study
 from tests.study.studies import tiny_study
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from analysis.errors import InputError
-from study.probe_keep import KeepEvaluatedWeights, evaluated_epoch, weights_path
-from study.probe_run import checkpoints_of
+from study.probe.keep import KeepEvaluatedWeights, evaluated_epoch, weights_path
+from study.probe.run import checkpoints_of
 from trainables.checkpoint import save_checkpoint
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from study.progress import ProgressPrinter
+from study.run.progress import ProgressPrinter
 
 METRIC = "fewshot/5w5s/ncc/acc"
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import analysis
-from study.driver import run_study
+from study.run.driver import run_study
 from tests.study.studies import tiny_study
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from study.cli import main
-from study.driver import run_study
+from study.run.driver import run_study
 from tests.study.reliability import (
     Driver,
     audit,

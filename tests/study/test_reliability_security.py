@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from study.cli import main
-from study.guard import StudyLock, check_study_name, redact, redact_text
-from study.state import StudyState
+from study.run.guard import StudyLock, check_study_name, redact, redact_text
+from study.run.state import StudyState
 from tests.study.reliability import kill_study
 from trainables.checkpoint import FILENAME, load_checkpoint
 

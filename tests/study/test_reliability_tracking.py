@@ -23,10 +23,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
-from study.driver import run_study
-from study.preflight import check_new_study
-from study.progress import header
-from study.state import start_study
+from study.run.driver import run_study
+from study.run.preflight import check_new_study
+from study.run.progress import header
+from study.run.state import start_study
 from tests.study.reliability import audit, kill_study, live_results, study_runs, this_session
 
 pytestmark = pytest.mark.slow

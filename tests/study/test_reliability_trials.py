@@ -25,8 +25,8 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray._raylet import AuthenticationMode, get_authentication_mode
 
-from study.driver import run_study
-from study.tuner import init_ray
+from study.run.driver import run_study
+from study.run.tuner import init_ray
 from tests.study.reliability import audit, kill_study, live_results, study_runs, this_session
 from tests.study.studies import tiny_study
 from trainables.data import load_splits

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis import contract as names
-from study.driver import run_study
+from study.run.driver import run_study
 from tests.study.studies import tiny_study
 from trainables.config import TrialConfig
 

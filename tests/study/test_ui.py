@@ -1,6 +1,6 @@
 """`nctune ui`: bad input, the links it prints, and a real MLflow server it starts and stops.
 
-The store here is written with study.tracking's own functions (no Ray), so the server test costs
+The store here is written with study.run.tracking's own functions (no Ray), so the server test costs
 only the server's start; tests/study/test_ui_browser.py runs a real study and a real browser.
 """
 
@@ -25,8 +25,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
-from study.tracking import ensure_experiment, flat_params, log_study_start, run_name
-from study.ui import HOST, Target, interruptible, links, port_free
+from study.commands.ui import HOST, Target, interruptible, links, port_free
+from study.run.tracking import ensure_experiment, flat_params, log_study_start, run_name
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240.0  # the server's cold start on a loaded CI machine, with slack

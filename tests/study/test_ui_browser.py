@@ -18,7 +18,7 @@ from unittest import mock
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.driver import run_study
+from study.run.driver import run_study
 from tests.study.studies import tiny_study
 from tests.study.test_ui import REPO, UIProcess, free_port, start_ui
 

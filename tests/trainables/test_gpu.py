@@ -154,7 +154,7 @@ def test_compiled_forward_trains_one_epoch():
 def test_two_trials_share_one_gpu_at_half_a_gpu_each(tmp_path):
     import ray
 
-    from study.driver import init_ray, run_study
+    from study.run.driver import init_ray, run_study
     from tests.study.studies import tiny_study
 
     cfg = tiny_study(tmp_path, name="halfgpu", resources={"cpus_per_trial": 1,

@@ -14,9 +14,9 @@ from analysis import contract as names
 from analysis.crosstrial import store
 from analysis.crosstrial.runs import StudyRuns
 from analysis.errors import InputError
-from study.guard import redact_text
-from study.progress import say
-from study.state import DEFAULT_ROOT, StudyState
+from study.run.guard import redact_text
+from study.run.progress import say
+from study.run.state import DEFAULT_ROOT, StudyState
 
 SHOWN_METRICS = [
     (names.SOURCE_TEST_ACC, "src_acc"),

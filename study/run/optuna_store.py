@@ -6,8 +6,8 @@ attribute `nctune.trial_id` that is also the tag of the trial's MLflow run. The 
 `search.storage` (e.g. a team's `postgresql://user:pass@host/optuna`), else a sqlite file
 `optuna.db` beside the MLflow store (or under storage.root when MLflow is a server).
 
-The searcher itself (study.tuner.StudySearch) asks and tells through this storage, and Ray Tune
-pickles it with the experiment; study.tuner reconciles the two after a resume.
+The searcher itself (study.run.tuner.StudySearch) asks and tells through this storage, and Ray Tune
+pickles it with the experiment; study.run.tuner reconciles the two after a resume.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from optuna.distributions import BaseDistribution
 
 from analysis.crosstrial import store
 from analysis.errors import InputError
-from study.guard import redact, redact_text
+from study.run.guard import redact, redact_text
 
 if TYPE_CHECKING:
     from study.config import StudyConfig

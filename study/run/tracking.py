@@ -5,8 +5,8 @@ One parent run per study (`nctune.role=study`), one nested child run per trial
 step = epoch. Every call goes through `retry`, the one back-off policy: a store that stays down
 past its budget raises TrackingUnavailable and the study stops cleanly (resumable).
 
-Who uses it: study.state (the parent run), study.trial_logger (the Tune callback that logs the
-trials), study.resume (reconciling runs after a restart).
+Who uses it: study.run.state (the parent run), study.run.trial_logger (the Tune callback that
+logs the trials), study.run.resume (reconciling runs after a restart).
 """
 
 from __future__ import annotations

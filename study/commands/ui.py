@@ -6,7 +6,7 @@ links that open the training-runs view straight away.
 
 Why the links carry `?workflowType=machine_learning`: MLflow 3.17's UI picks the experiment page
 (GenAI traces or the runs table) from that URL parameter, else from the browser's saved choice,
-else GenAI; the experiment tag `mlflow.experimentKind` that study.tracking sets is not consulted
+else GenAI; the experiment tag `mlflow.experimentKind` that study.run.tracking sets is not consulted
 in this version. A study's own runs are one `searchFilter` on the tag `nctune.study` away, since
 every study shares the experiment.
 """
@@ -71,7 +71,7 @@ class Target:
 def find_target(name: str | None, root: str) -> Target:
     """The study's store from studies/NAME/study.json, or the default store under `root`."""
     from analysis.crosstrial.store import resolve_tracking_uri
-    from study.state import STATE_FILE, study_folder
+    from study.run.state import STATE_FILE, study_folder
 
     if name is None:
         return Target(resolve_tracking_uri(None, root), "nctune")
@@ -83,7 +83,7 @@ def find_target(name: str | None, root: str) -> Target:
 def check_store(uri: str) -> str:
     """The URI's scheme, once the store is one this command can open (and exists, if local)."""
     from analysis.crosstrial.store import check_tracking_uri
-    from study.guard import redact
+    from study.run.guard import redact
 
     scheme = urllib.parse.urlparse(uri).scheme.lower().split("+")[0]
     if scheme not in (*SERVABLE_SCHEMES, "http", "https"):
@@ -143,7 +143,7 @@ def links(base: str, target: Target, experiment_id: str | None) -> list[tuple[st
 
 def server_command(uri: str, port: int, root: str) -> list[str]:
     """`mlflow server` on 127.0.0.1 with one worker; artifacts under <root>/artifacts."""
-    # study.state.artifact_root puts a sqlite store's artifacts in <root>/artifacts; experiments
+    # study.run.state.artifact_root puts a sqlite store's artifacts in <root>/artifacts; experiments
     # keep their own artifact location, this only decides where new ones and uploads go.
     artifacts = (Path(root).expanduser().resolve() / "artifacts").as_uri()
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
@@ -242,7 +242,7 @@ def say(text: str = "") -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """`nctune ui [NAME]`: serve the study's store in the MLflow UI until Ctrl-C."""
-    from study.guard import redact
+    from study.run.guard import redact
 
     target = find_target(args.name, args.root)
     scheme = check_store(target.tracking_uri)

@@ -12,7 +12,7 @@ from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
 
 if TYPE_CHECKING:
-    from study.state import StudyState
+    from study.run.state import StudyState
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,16 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`nctune run`: load and validate the config, then hand it to study.driver.run_study."""
+    """`nctune run`: load and validate the config, then hand it to study.run.driver.run_study."""
     from study.presets import dump_config, load_study_config
 
     cfg = load_study_config(args.preset, args.overrides, args.name)
     if args.dry_run:
-        from study.guard import redact_text
+        from study.run.guard import redact_text
 
         print(redact_text(dump_config(cfg), cfg.tracking_uri()), end="")
         return 0
-    from study.driver import run_study
+    from study.run.driver import run_study
 
     state = run_study(cfg, address=args.address, report=not args.no_report,
                       dashboard=args.dashboard)
@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """`nctune resume NAME`: continue a stopped or killed study."""
-    from study.driver import resume_study
+    from study.run.driver import resume_study
 
     state = resume_study(args.name, args.root, address=args.address,
                          report=not args.no_report, dashboard=args.dashboard)
@@ -90,9 +90,9 @@ def exit_code(state: StudyState) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """`nctune ls`: the studies under a root, with status and best trial."""
-    from study.guard import driver_alive
-    from study.state import known_studies
-    from study.summary import render
+    from study.run.guard import driver_alive
+    from study.run.state import known_studies
+    from study.run.summary import render
 
     rows = []
     for name in known_studies(args.root):
@@ -114,7 +114,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def best_of(name: str, state: dict) -> str:
     """The best trial of a study for `ls`, '?' when its store cannot be read."""
     from analysis.crosstrial.runs import load_study
-    from study.summary import best_trial
+    from study.run.summary import best_trial
 
     try:
         study = load_study(name, state["tracking_uri"], state["experiment"])
@@ -133,8 +133,8 @@ def best_of(name: str, state: dict) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     """`nctune show NAME`: a table of the study's trials and its best."""
     from analysis.crosstrial.runs import load_study
-    from study.state import study_folder
-    from study.summary import best_trial, trials_table
+    from study.run.state import study_folder
+    from study.run.summary import best_trial, trials_table
 
     folder = study_folder(args.name, args.root)
     state = json.loads((folder / store.STATE_FILE).read_text())
@@ -143,7 +143,7 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{state['num_samples']} trials logged)")
     print(trials_table(study, state.get("metrics") or state["metric"]))
     if len(state.get("metrics", [])) > 1:
-        from study.summary import pareto_lines
+        from study.run.summary import pareto_lines
 
         print("\nPareto set:")
         for line in pareto_lines(study, state["metrics"], state["modes"]):

@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def find_storage(name: str | None, root: str) -> tuple[str, int | None]:
     """The storage URL and the Optuna study id of `name` (None: the root's default storage)."""
-    from study.optuna_store import open_storage
-    from study.state import StudyState, study_folder
+    from study.run.optuna_store import open_storage
+    from study.run.state import StudyState, study_folder
 
     if name is None:
         url = f"sqlite:///{Path(root).expanduser().resolve() / 'optuna.db'}"
@@ -63,8 +63,7 @@ def find_storage(name: str | None, root: str) -> tuple[str, int | None]:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """`nctune dashboard [NAME]`: serve the study's Optuna storage until Ctrl-C."""
-    from study.guard import redact
-    from study.ui import (
+    from study.commands.ui import (
         HOST,
         ServerError,
         interruptible,
@@ -74,6 +73,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         stop,
         wait_until_up,
     )
+    from study.run.guard import redact
 
     url, study_id = find_storage(args.name, args.root)
     port = pick_port(args.port, DEFAULT_PORT)

@@ -1,6 +1,6 @@
 """A study's state: studies/NAME/study.json, its config, and its parent run in MLflow.
 
-`nctune run` creates them once every pre-flight check has passed (study.preflight); `resume`,
+`nctune run` creates them once every pre-flight check has passed (study.run.preflight); `resume`,
 `ls`, `show`, `ui` and `probe` find a study again through them.
 """
 
@@ -17,8 +17,14 @@ from typing import TYPE_CHECKING, Any
 from analysis.crosstrial import store
 from analysis.crosstrial.store import DEFAULT_ROOT
 from analysis.errors import InputError
-from study.guard import check_study_name, redact, redact_text
-from study.tracking import TrackingUnavailable, dump_json, ensure_experiment, log_study_start, retry
+from study.run.guard import check_study_name, redact, redact_text
+from study.run.tracking import (
+    TrackingUnavailable,
+    dump_json,
+    ensure_experiment,
+    log_study_start,
+    retry,
+)
 
 if TYPE_CHECKING:
     from study.config import StudyConfig
@@ -46,7 +52,7 @@ class StudyState:
     mode: str
     finished: str | None = None
     stop_reason: str | None = None  # interrupted, tracking, incomplete, error (when stopped/failed)
-    optuna_storage: str | None = None  # the Optuna RDB storage URL (study.optuna_store)
+    optuna_storage: str | None = None  # the Optuna RDB storage URL (study.run.optuna_store)
     dataset: dict[str, str] = field(default_factory=dict)  # the MLflow dataset input of trials
     metrics: list[str] = field(default_factory=list)  # every objective (metric = the first)
     modes: list[str] = field(default_factory=list)
@@ -85,8 +91,8 @@ def study_folder(name: str, root: str) -> Path:
 def start_study(cfg: StudyConfig, manifest: dict[str, Any],
                 bank_hashes: dict[str, str]) -> tuple[StudyState, Path]:
     """Create the experiment, the parent run and the study folder, before any trial starts."""
-    from study.optuna_store import storage_url
     from study.presets import dump_config
+    from study.run.optuna_store import storage_url
 
     uri = cfg.tracking_uri()
     optuna_url = storage_url(cfg)

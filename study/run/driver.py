@@ -1,11 +1,12 @@
 """What `nctune run` and `nctune resume` do, start to finish, on the driver.
 
 Read top to bottom, each step in its own module, in the order it runs:
-    study.preflight  every check that can fail before Ray starts (config, resources, tracking, data)
-    study.state      study.json, the study folder and the MLflow parent run
-    study.tuner      Ray and the Tuner (OptunaSearch, the MLflow and progress callbacks)
-    execute() below  the run loop and how it ends
-    study.summary    the trials table, the best trial, the report, what to do next
+    study.run.preflight  every check that can fail before Ray starts (config, resources,
+                         tracking, data)
+    study.run.state      study.json, the study folder and the MLflow parent run
+    study.run.tuner      Ray and the Tuner (OptunaSearch, the MLflow and progress callbacks)
+    execute() below      the run loop and how it ends
+    study.run.summary    the trials table, the best trial, the report, what to do next
 
 A study ends in one of three ways, each leaving MLflow and study.json consistent: completed
 (every trial ended), stopped (Ctrl-C, SIGTERM, a tracking store down past the retry budget:
@@ -22,13 +23,13 @@ from typing import Any
 from ray import tune
 
 from study.config import StudyConfig
-from study.guard import GracefulStop, StudyLock, redact_text
-from study.preflight import check_new_study, check_resumed_study
-from study.progress import header, say
-from study.state import StudyState, mark_parent, start_study, study_folder
-from study.summary import resume_command, say_next, summarize, write_report
-from study.tracking import TrackingUnavailable
-from study.tuner import build_tuner, can_restore, init_ray, restore_tuner
+from study.run.guard import GracefulStop, StudyLock, redact_text
+from study.run.preflight import check_new_study, check_resumed_study
+from study.run.progress import header, say
+from study.run.state import StudyState, mark_parent, start_study, study_folder
+from study.run.summary import resume_command, say_next, summarize, write_report
+from study.run.tracking import TrackingUnavailable
+from study.run.tuner import build_tuner, can_restore, init_ray, restore_tuner
 
 
 def run_study(cfg: StudyConfig, *, address: str | None = None, report: bool = True,

@@ -98,8 +98,8 @@ def check_models(zoo: Zoo, base: Path) -> list[dict[str, Any]]:
 def open_zoo_study(zoo: Zoo, facts: list[dict[str, Any]], root: Path, uri: str) -> tuple[
         Any, Any, dict[str, str]]:
     """(client, StudyState, model name -> run id): the zoo's study, created on first use."""
-    from study.state import STATE_FILE, StudyState, open_store
-    from study.tracking import dump_json, log_study_start
+    from study.run.state import STATE_FILE, StudyState, open_store
+    from study.run.tracking import dump_json, log_study_start
 
     folder = store.study_dir(root, str(zoo.name))
     client, exp_id = open_store(uri, "nctune", root / "artifacts"
@@ -128,7 +128,7 @@ def open_zoo_study(zoo: Zoo, facts: list[dict[str, Any]], root: Path, uri: str) 
 
 def model_runs(client: Any, state: Any, facts: list[dict[str, Any]]) -> dict[str, str]:
     """Each model's child run, created the first time a model is probed."""
-    from study.tracking import child_runs
+    from study.run.tracking import child_runs
 
     runs = {str(r.data.tags.get(store.TAG_TRIAL_ID)): str(r.info.run_id)
             for r in child_runs(client, state.experiment_id, state.parent_run_id)}
@@ -147,9 +147,9 @@ def model_runs(client: Any, state: Any, facts: list[dict[str, Any]]) -> dict[str
 def probe_zoo(args: argparse.Namespace) -> int:
     """Check the zoo, the target and the store; then probe each model as a Ray task."""
     from analysis.crosstrial.store import resolve_tracking_uri
-    from study.preflight import check_tracking
-    from study.probe_run import execute, prepare_target, say, target_config
-    from study.tracking import tracking_defaults
+    from study.probe.run import execute, prepare_target, say, target_config
+    from study.run.preflight import check_tracking
+    from study.run.tracking import tracking_defaults
 
     zoo = read_zoo(args.models)
     root = Path(args.root).expanduser().resolve()

@@ -5,7 +5,7 @@ provider's defaults.yaml), the schema in the installed ray package (ray/autoscal
 and Ray's cross-field checks, each problem turned into one plain sentence; then nctune's own rule
 that every node type declares CPU and GPU (the AWS launcher looks them up in the cloud only during
 `ray up`). The provider's bootstrap (key pairs, IAM, subnets, instance-type lookups), the only part
-that calls cloud APIs, is left out. `study.cluster` adds the presets' fit and the command.
+that calls cloud APIs, is left out. `study.commands.cluster` adds the presets' fit and the command.
 """
 
 from __future__ import annotations

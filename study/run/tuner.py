@@ -21,12 +21,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from analysis.crosstrial import store
 from study.config import StudyConfig
-from study.optuna_store import TRIAL_ID_ATTR, mark_orphans, open_storage, storage_url
-from study.probe_keep import KeepEvaluatedWeights
-from study.progress import ProgressPrinter
+from study.probe.keep import KeepEvaluatedWeights
+from study.run.optuna_store import TRIAL_ID_ATTR, mark_orphans, open_storage, storage_url
+from study.run.progress import ProgressPrinter
+from study.run.state import StudyState
+from study.run.trial_logger import MLflowTrialLogger
 from study.space import fixed_values, optuna_space
-from study.state import StudyState
-from study.trial_logger import MLflowTrialLogger
 from trainables.pretrain import pretrain
 
 
@@ -61,7 +61,7 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch on the study's persisted Optuna study (study.optuna_store), made resumable.
+    """OptunaSearch on the study's persisted Optuna study (study.run.optuna_store), made resumable.
 
     Trials report training metrics every epoch but evaluate only every `eval_every` epochs;
     stock OptunaSearch indexes result[metric] on every result and would fail those. A trial

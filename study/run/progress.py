@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ray.tune import Callback
 
-from study.guard import redact
-from study.tracking import trial_error
+from study.run.guard import redact
+from study.run.tracking import trial_error
 
 if TYPE_CHECKING:
     from study.config import StudyConfig
-    from study.state import StudyState
+    from study.run.state import StudyState
 
 # Lines Ray Tune logs that our own output replaces (its resume hint names a Python API), and
 # its complaint that a trial restored before its first report has no result file to load for

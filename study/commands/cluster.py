@@ -1,8 +1,9 @@
 """`nctune cluster check`: the offline check of a Ray cluster-launcher file (cluster.yaml).
 
-First the file itself, as `ray up` would check it (`study.cluster_schema`: Ray's default-filling,
-its ray-schema.json, its cross-field checks, in plain sentences); then that every preset's
-per-trial resources fit some worker node type, and how many trials each node type runs at once.
+First the file itself, as `ray up` would check it (`study.commands.cluster_schema`: Ray's
+default-filling, its ray-schema.json, its cross-field checks, in plain sentences); then that
+every preset's per-trial resources fit some worker node type, and how many trials each node
+type runs at once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 
 from analysis.errors import InputError
-from study.cluster_schema import (
+from study.commands.cluster_schema import (
     check_cluster_config,
     load_cluster_file,
     prepare,

@@ -25,11 +25,11 @@ from typing import Any, Protocol
 from mlflow.tracking import MlflowClient
 
 from analysis.crosstrial import store
-from study.tracking import child_runs, end_status, finish_run, flat_params, retry, trial_error
+from study.run.tracking import child_runs, end_status, finish_run, flat_params, retry, trial_error
 
 
 class TrialRuns(Protocol):
-    """The trial -> run bookkeeping a resume rebuilds (study.trial_logger.MLflowTrialLogger)."""
+    """The trial -> run bookkeeping a resume rebuilds (study.run.trial_logger.MLflowTrialLogger)."""
 
     experiment_id: str
     parent_run_id: str

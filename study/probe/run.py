@@ -24,8 +24,11 @@ from pydantic import ValidationError
 
 from analysis import contract
 from analysis.crosstrial import store
+from analysis.crosstrial.runs import StudyRuns
 from analysis.errors import InputError
-from study.probe_keep import FOLDER
+from analysis.measure.fewshot_episodes import EpisodeBank
+from study.probe.keep import FOLDER
+from study.run.state import StudyState
 from trainables.config import DatasetConfig, EvaluationConfig
 from trainables.data import Split
 from trainables.evaluate import build_banks
@@ -43,7 +46,7 @@ class ProbeTarget:
     name: str
     split: Split
     manifest: dict[str, Any]
-    banks: dict[str, Any]
+    banks: dict[str, EpisodeBank]
     evaluation: EvaluationConfig
 
     def bank_hashes(self) -> dict[str, str]:
@@ -121,7 +124,7 @@ def describe_target(t: ProbeTarget) -> str:
 
 # ---- the study's trials and checkpoints -----------------------------------------------------
 def trial_folder(ray_path: str, study: str, trial_id: str) -> Path:
-    """Where Tune keeps a trial's checkpoints (study.tuner names trial folders t<trial_id>)."""
+    """Where Tune keeps a trial's checkpoints (study.run.tuner names trial folders t<trial_id>)."""
     return Path(ray_path) / study / f"t{trial_id}"
 
 
@@ -130,7 +133,7 @@ def checkpoints_of(folder: Path, epochs: str, eval_every: int, planned: int) -> 
     """(epoch, file) of the checkpoints to probe, each read once (weights_only) to check it.
 
     Files: Tune's kept checkpoints (`checkpoint_*/trial.pt`) and the weights kept of every
-    evaluated epoch (`evaluated/epoch_*.pt`, study.probe_keep). `final`: the newest epoch;
+    evaluated epoch (`evaluated/epoch_*.pt`, study.probe.keep). `final`: the newest epoch;
     `all`: every evaluated epoch found.
 
     Raises:
@@ -146,7 +149,7 @@ def checkpoints_of(folder: Path, epochs: str, eval_every: int, planned: int) -> 
     return [(e, f) for e, f in chosen if e % eval_every == 0 or e == planned]
 
 
-def trial_jobs(study: Any, ray_path: str, epochs: str) -> tuple[list[ProbeJob], list[str]]:
+def trial_jobs(study: StudyRuns, ray_path: str, epochs: str) -> tuple[list[ProbeJob], list[str]]:
     """A job per completed trial with checkpoints; and notes on the trials left out.
 
     Raises:
@@ -207,7 +210,7 @@ def log_result(client: Any, run_id: str, name: str, result: ProbeResult) -> None
 
     from mlflow.entities import Metric, RunTag
 
-    from study.tracking import retry
+    from study.run.tracking import retry
 
     now = int(time.time() * 1000)
     marker = contract.probe_key(name, contract.collapse_key("cdnv", contract.TARGET))
@@ -227,15 +230,15 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def skip_logged(job: Any, steps: set[int]) -> Any:
+def skip_logged(job: ProbeJob, steps: set[int]) -> ProbeJob:
     """The job without the epochs its run already holds."""
     from dataclasses import replace
 
     return replace(job, checkpoints=[(e, f) for e, f in job.checkpoints if e not in steps])
 
 
-def header(study: str, name: str, target: Any, jobs: list[Any], epochs: str, again: bool,
-           notes: list[str]) -> str:
+def header(study: str, name: str, target: ProbeTarget, jobs: list[ProbeJob], epochs: str,
+           again: bool, notes: list[str]) -> str:
     """What is about to run, and how the images are adapted to each kind of backbone."""
     n_ckpt = sum(len(j.checkpoints) for j in jobs)
     lines = [f"Probe '{name}' of study '{study}': {len(jobs)} trials, {n_ckpt} checkpoints "
@@ -247,7 +250,7 @@ def header(study: str, name: str, target: Any, jobs: list[Any], epochs: str, aga
     return "\n".join(lines)
 
 
-def adaptations(target: Any, jobs: list[Any]) -> list[str]:
+def adaptations(target: ProbeTarget, jobs: list[ProbeJob]) -> list[str]:
     """`1 channel 16x16 -> as trained on (t001, t002)`: one line per kind of backbone input."""
     from trainables.probe import in_channels, read_checkpoint
     from trainables.probe_data import adapt_images
@@ -263,9 +266,9 @@ def adaptations(target: Any, jobs: list[Any]) -> list[str]:
 
 
 def record_probe(client: Any, parent_run_id: str, name: str, settings: dict[str, Any],
-                 target: Any) -> None:
+                 target: ProbeTarget) -> None:
     """The probe's settings as a parent-run tag (compared on a rerun) and its manifest."""
-    from study.tracking import retry
+    from study.run.tracking import retry
 
     retry(lambda: client.set_tag(parent_run_id, TAG + name, json.dumps(settings)))
     manifest = {**target.manifest, "episode_banks": target.bank_hashes()}
@@ -273,10 +276,10 @@ def record_probe(client: Any, parent_run_id: str, name: str, settings: dict[str,
                                   f"probes/{name}/manifest.json"))
 
 
-def run_and_log(client: Any, name: str, target: Any, jobs: list[Any]) -> list[str]:
+def run_and_log(client: Any, name: str, target: ProbeTarget, jobs: list[ProbeJob]) -> list[str]:
     """Run the tasks; log each result into its run as it arrives; the labels that failed."""
-    from study.probe_jobs import ProbeProgress, run_jobs
-    from study.tracking import retry
+    from study.probe.jobs import ProbeProgress, run_jobs
+    from study.run.tracking import retry
 
     runs = {j.label: j.run_id for j in jobs}
     progress = ProbeProgress(len(jobs), PRIMARY, shown_as=contract.probe_key(name, PRIMARY))
@@ -301,12 +304,12 @@ def report(study: str, name: str, uri: str, experiment: str, folder: Path) -> No
     say(f"Report: {rep.path}")
 
 
-def execute(client: Any, state: Any, target: ProbeTarget, jobs: list[ProbeJob], *, epochs: str,
-            notes: list[str], address: str | None, report_to: Path | None,
+def execute(client: Any, state: StudyState, target: ProbeTarget, jobs: list[ProbeJob], *,
+            epochs: str, notes: list[str], address: str | None, report_to: Path | None,
             unit: str = "trials") -> list[str]:
     """After every check: skip what MLflow holds already (the same probe run again), say what
     runs, run and log it, write the report; returns the labels of the jobs that failed."""
-    from study.tuner import init_ray
+    from study.run.tuner import init_ray
 
     name = target.name
     settings = target.settings(epochs)

@@ -5,8 +5,8 @@ embedded sqlite store on the head node, and why only one process ever writes to 
 'database is locked' cannot arise from concurrent trials).
 
 MLflow is the record of truth for what was logged: after a driver restart the callback re-reads,
-per run, the last step it holds (so no step is logged twice) and study.resume matches runs to the
-restored trials by their `nctune.trial_id` tag (so no trial gets a second run).
+per run, the last step it holds (so no step is logged twice) and study.run.resume matches runs to
+the restored trials by their `nctune.trial_id` tag (so no trial gets a second run).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from ray.tune import Callback
 
 from analysis.contract import TRAIN_LOSS
 from analysis.crosstrial import store
-from study.resume import reconcile
-from study.tracking import (
+from study.run.resume import reconcile
+from study.run.tracking import (
     TrackingUnavailable,
     end_status,
     finish_run,
@@ -38,7 +38,7 @@ class MLflowTrialLogger(Callback):
     """Logs every trial as a child run of the study's parent run; resumable without duplicates.
 
     Its state (trial id -> run id, index, last logged step) is saved with the Tune experiment;
-    after a restore, study.resume reconciles it with MLflow before the first trial restarts.
+    after a restore, study.run.resume reconciles it with MLflow before the first trial restarts.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
@@ -197,7 +197,7 @@ class MLflowTrialLogger(Callback):
 
 
 def dataset_inputs(dataset: dict[str, str]) -> list[DatasetInput]:
-    """The study's data set as an MLflow dataset input (study.state.dataset_input builds it)."""
+    """The study's data set as an MLflow dataset input (study.run.state.dataset_input builds it)."""
     if not dataset:
         return []
     entity = Dataset(name=dataset["name"], digest=dataset["digest"],

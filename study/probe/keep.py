@@ -1,6 +1,6 @@
 """Keep every evaluated epoch's weights for `nctune probe --epochs all` (training.keep_checkpoints).
 
-Tune keeps the newest two checkpoints of each trial (study.tuner.KEEP_CHECKPOINTS), so the final
+Tune keeps the newest two checkpoints of each trial (study.run.tuner.KEEP_CHECKPOINTS), so the final
 one is always there for a probe. A study that asks for every evaluated epoch
 (`training.keep_checkpoints: evaluated`) gets this driver-side Tune callback instead of a larger
 `num_to_keep`: on every checkpoint of an evaluated epoch it writes the model weights alone

@@ -59,7 +59,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise InputError("probe: name a study (nctune probe STUDY --target D) or a zoo "
                          "(nctune probe --models zoo.yaml --target D), not both or neither")
     if args.models is not None:
-        from study.probe_zoo import probe_zoo
+        from study.probe.zoo import probe_zoo
 
         return probe_zoo(args)
     return probe_study(args)
@@ -68,8 +68,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def open_study(name: str, root: str) -> tuple[Any, Any]:
     """(StudyState, StudyConfig) of a study whose tracking store answers; one clear line when
     there is no such study or its checkpoints are not on a file system here."""
-    from study.preflight import check_resumed_study
-    from study.state import StudyState, study_folder
+    from study.run.preflight import check_resumed_study
+    from study.run.state import StudyState, study_folder
 
     folder = study_folder(name, root)
     state = StudyState.load(folder)
@@ -84,7 +84,7 @@ def probe_study(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from analysis.crosstrial.runs import load_study
-    from study.probe_run import execute, prepare_target, say, target_config, trial_jobs
+    from study.probe.run import execute, prepare_target, say, target_config, trial_jobs
 
     state, cfg = open_study(args.study, args.root)
     study = load_study(state.name, state.tracking_uri, state.experiment)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
+from analysis.measure.fewshot_episodes import EpisodeBank
 from trainables.config import EvaluationConfig
 from trainables.data import Split
 from trainables.probe import ProbeJob, ProbeResult, first_line
@@ -21,7 +21,7 @@ from trainables.probe import ProbeJob, ProbeResult, first_line
 TASKS_PER_GPU = 4
 
 
-def _task(job: ProbeJob, target: Split, banks: dict[str, Any], ev: EvaluationConfig,
+def _task(job: ProbeJob, target: Split, banks: dict[str, EpisodeBank], ev: EvaluationConfig,
           use_gpu: bool) -> ProbeResult:
     """What runs in the Ray worker (imports inside: the worker has only what it needs)."""
     import torch
@@ -87,8 +87,8 @@ class ProbeProgress:
         print(text, file=sys.stdout, flush=True)
 
 
-def run_jobs(jobs: list[ProbeJob], target: Split, banks: dict[str, Any], ev: EvaluationConfig,
-             progress: ProbeProgress,
+def run_jobs(jobs: list[ProbeJob], target: Split, banks: dict[str, EpisodeBank],
+             ev: EvaluationConfig, progress: ProbeProgress,
              on_result: Callable[[ProbeResult], None]) -> Iterator[tuple[str, str]]:
     """Run every job as a Ray task; call `on_result` as each succeeds, yield (label, error)
     for each that fails (a failed job never stops the others)."""

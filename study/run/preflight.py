@@ -2,7 +2,7 @@
 
 A bad config, a trial that cannot fit this machine, an unreachable or locked-out tracking store,
 a data set that does not load: each is one clear line (credentials masked), exit status 2, and
-nothing started or half-written. Only once all of them pass does study.state write anything.
+nothing started or half-written. Only once all of them pass does study.run.state write anything.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 from analysis.crosstrial import store
 from analysis.errors import InputError
 from study.config import StudyConfig
-from study.guard import redact_text, without_credentials
-from study.optuna_store import SQLITE, check_existing, open_storage, storage_url
 from study.presets import read_preset
-from study.progress import quiet_libraries, say
+from study.run.guard import redact_text, without_credentials
+from study.run.optuna_store import SQLITE, check_existing, open_storage, storage_url
+from study.run.progress import quiet_libraries, say
+from study.run.state import STATE_FILE, StudyState
+from study.run.tracking import tracking_defaults
 from study.space import optuna_space
-from study.state import STATE_FILE, StudyState
-from study.tracking import tracking_defaults
 from trainables.data import DataSplits, load_splits
 from trainables.evaluate import build_banks
 
@@ -114,7 +114,7 @@ def check_optuna(cfg: StudyConfig) -> None:
 
     A sqlite file that does not exist yet holds no study to clash with: opening it would create
     it (and its folder) before the data set's checks have run, so only its folder's
-    writability is checked here and study.tuner creates the file once every check has passed.
+    writability is checked here and study.run.tuner creates the file once every check has passed.
     """
     url = storage_url(cfg)
     if url.startswith(SQLITE) and not Path(url[len(SQLITE):]).exists():
