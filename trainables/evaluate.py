@@ -149,7 +149,7 @@ def evaluate_target(tgt: Features, banks: dict[str, EpisodeBank], ev: Evaluation
     for shape, bank in banks.items():
         out.update(fewshot_metrics(tgt.features, bank, shape, ev, center))
         n_way, k_shot = parse_shape(shape)
-        cdnv_target = out[names.collapse_key("cdnv", names.TARGET)]
+        cdnv_target = out[names.CDNV_TARGET]
         out[names.bound_key(shape)] = float(ncc_error_bound(cdnv_target, n_way, k_shot))
     out.update(transfer_and_bound(tgt.features, tgt.labels, tgt.logits, ev.estimators, banks,
                                   center))

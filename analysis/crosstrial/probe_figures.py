@@ -29,7 +29,7 @@ def probe_figure(frame: pd.DataFrame, name: str, y_probe: str | None, folder: Pa
     if y_probe is None:
         return None
     home = contract.DEFAULT_SEARCH_METRIC
-    x_probe = contract.probe_key(name, contract.collapse_key("cdnv", contract.TARGET))
+    x_probe = contract.probe_key(name, contract.CDNV_TARGET)
     if zoo:
         panels = [(x_probe, y_probe, f"CDNV on '{name}' (log; lower = more collapse)",
                    f"on '{name}', one point per model")]

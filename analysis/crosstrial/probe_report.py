@@ -34,7 +34,7 @@ METHODS = ("spearman", "partial_spearman")
 SOURCE_PREDICTORS = (contract.collapse_key("cdnv", contract.SOURCE_TRAIN),
                      contract.collapse_key("cdnv", contract.SOURCE_TEST),
                      contract.collapse_key("nc1", contract.SOURCE_TRAIN))
-IN_DOMAIN_TARGET_CDNV = contract.collapse_key("cdnv", contract.TARGET)
+IN_DOMAIN_TARGET_CDNV = contract.CDNV_TARGET
 HEADLINE = SOURCE_PREDICTORS[0]  # source-train CDNV
 
 
@@ -89,7 +89,7 @@ def target_side(frame: pd.DataFrame, prefix: str = "") -> list[str]:
     """Predictors measured on a target split (`prefix` = `probe/<name>/` for the probe's):
     CDNV and NC1, then the per-tap CDNV and the transferability estimators when logged."""
     cols = [prefix + contract.collapse_key(f, contract.TARGET) for f in ("cdnv", "nc1")]
-    tail = "/" + contract.collapse_key("cdnv", contract.TARGET)
+    tail = "/" + contract.CDNV_TARGET
     cols += sorted(c for c in frame.columns if c.startswith(prefix + contract.LAYER_PREFIX + "/")
                    and c.endswith(tail) and c.count("/") == prefix.count("/") + 3)
     cols += sorted(c for c in frame.columns if c.startswith(prefix + contract.TRANSFER_PREFIX

@@ -200,7 +200,7 @@ def check_probe_name(client: Any, parent_run_id: str, name: str,
 
 def logged_steps(client: Any, run_id: str, name: str) -> set[int]:
     """Epochs a run holds for this probe already (read from MLflow, the record of truth)."""
-    key = contract.probe_key(name, contract.collapse_key("cdnv", contract.TARGET))
+    key = contract.probe_key(name, contract.CDNV_TARGET)
     return {int(m.step) for m in client.get_metric_history(run_id, key)}
 
 
@@ -213,7 +213,7 @@ def log_result(client: Any, run_id: str, name: str, result: ProbeResult) -> None
     from study.run.tracking import retry
 
     now = int(time.time() * 1000)
-    marker = contract.probe_key(name, contract.collapse_key("cdnv", contract.TARGET))
+    marker = contract.probe_key(name, contract.CDNV_TARGET)
     for epoch, values in sorted(result.metrics.items()):
         # One epoch at a time, the key `logged_steps` reads last: an epoch it finds is whole.
         metrics = sorted((Metric(contract.probe_key(name, key), float(value), now, epoch)

@@ -136,7 +136,7 @@ def test_every_penultimate_metric_equals_its_reference(measured) -> None:
     expected.update(fewshot_refs(t, tgt, src.mean(0)))
     for shape in ev.shapes:
         n_way, k_shot = names.parse_shape(shape)
-        cdnv = expected[names.collapse_key("cdnv", names.TARGET)]
+        cdnv = expected[names.CDNV_TARGET]
         expected[names.bound_key(shape)] = 8 * (n_way - 1) * (1 + 1 / k_shot) * cdnv
 
     for key, value in expected.items():
@@ -204,6 +204,6 @@ def test_the_measured_model_is_not_degenerate(measured) -> None:
     """The references above compare something: the metrics vary and accuracy beats chance."""
     t, out = measured
     assert out[names.fewshot_key("5w5s", "ncc")] > 0.3  # chance is 0.2
-    assert 0 < out[names.collapse_key("cdnv", names.TARGET)] < 100
+    assert 0 < out[names.CDNV_TARGET] < 100
     assert len({round(out[names.fewshot_key("5w5s", c)], 6) for c in
                 t.cfg.evaluation.classifiers}) > 1
