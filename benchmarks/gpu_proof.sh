@@ -10,13 +10,17 @@
 #   bash benchmarks/gpu_proof.sh            # on a GPU node: about 5-6 minutes, at most ~8
 #   bash benchmarks/gpu_proof.sh --cpu      # toy sizes on the CPU: the whole path in minutes
 #
-# Install: wheels in .whl/ (carried to a machine with no registry) go to a --target folder put on
-# PYTHONPATH; else, if the Python already imports what nctune needs, nothing is installed; else
+# Install: nothing if the Python already imports what nctune needs; else what .whl/ holds
+# (carried to a machine with no registry; benchmarks/gpu_wheels.sh packs it: *.tar.xz unpacked,
+# *.whl installed with pip --target) into one folder put on PYTHONPATH; else
 # `pip install -e .[test]` from the registry. The line's "install" says which.
 # Environment: PYTHON (default .venv/bin/python if present, else python3), GPU_PROOF_OUT (the
-# stage files; default $OUT/gpu-proof when $OUT is set, else a new temporary folder),
+# stage files, the study's runs and the packages; default a new folder under /tmp),
+# GPU_PROOF_SAVE (default $OUT if set: where gpu_proof.json and gpu_proof_logs.tgz, the stage
+# logs, are copied at the end: two files, not the thousands the stage folder holds),
 # GPU_PROOF_BUDGET_S (all stages together, default 480, 960 with --cpu; each stage also has its
 # own limit), GPU_PROOF_CPU_COMPILE=1 (with --cpu, run the torch.compile stage too).
+# Exit status 0 once the line is printed: its "ok" says whether every stage ran clean.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$(pwd)
@@ -24,7 +28,7 @@ MODE=gpu
 for arg in "$@"; do
   case "$arg" in
     --cpu|--tiny) MODE=cpu ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "gpu_proof.sh: unknown argument '$arg'; allowed: --cpu (or --tiny), --help" >&2
        exit 2 ;;
   esac
@@ -33,8 +37,8 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x .venv/bin/python ]; then PY=$ROOT/.venv/bin/python
 else PY=python3; fi
 if [ -n "${GPU_PROOF_OUT:-}" ]; then DIR=$GPU_PROOF_OUT
-elif [ -n "${OUT:-}" ]; then DIR=$OUT/gpu-proof
 else DIR=$(mktemp -d "${TMPDIR:-/tmp}/gpu-proof.XXXXXX"); fi
+SAVE=${GPU_PROOF_SAVE:-${OUT:-}}
 mkdir -p "$DIR" && rm -f "$DIR"/*.status "$DIR"/*.skip "$DIR"/*.off "$DIR"/study.json "$DIR"/pytest_gpu.xml
 # a shared CPU is slow and its speed varies: --cpu doubles every limit
 SCALE=1; [ "$MODE" = cpu ] && SCALE=2
@@ -64,13 +68,21 @@ stage() {
 
 NEEDS="import ray, optuna, mlflow, timm, pydantic, yaml, scipy, sklearn, pytest, hypothesis"
 install() {
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    INSTALL="wheels: $(ls .whl/*.whl | wc -l) from .whl/ into $DIR/site (no registry)"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$DIR/site" .whl/*.whl || return
-    export PYTHONPATH="$ROOT:$DIR/site${PYTHONPATH#"$ROOT"}"
-  elif "$PY" -c "$NEEDS" 2>/dev/null; then
+  local tars wheels
+  tars=$(compgen -G ".whl/*.tar.xz" || true); wheels=$(compgen -G ".whl/*.whl" || true)
+  if "$PY" -c "$NEEDS" 2>/dev/null; then
     INSTALL="nothing: $PY already imports every package nctune needs"
+  elif [ -n "$tars$wheels" ]; then
+    INSTALL="from .whl/ into $DIR/site (no registry):$(for f in $tars $wheels; do
+      printf ' %s' "${f#.whl/}"; done)"
+    mkdir -p "$DIR/site"
+    for f in $tars; do tar -C "$DIR/site" -xJf "$f" || return; done
+    if [ -n "$wheels" ]; then
+      # shellcheck disable=SC2086
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$DIR/site" $wheels || return
+    fi
+    export PYTHONPATH="$ROOT:$DIR/site${PYTHONPATH#"$ROOT"}"
   else
     INSTALL="pip install -e .[test] from the registry"
     "$PY" -m pip install -q -e ".[test]" || return
@@ -88,7 +100,9 @@ if [ "$MODE" = gpu ]; then
 else
   TP=(--device cpu --quick --widths 0.25,0.5,1); CTP=(--device cpu --quick); STUDY=(--cpu)
 fi
-stage pytest_gpu 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$DIR/pytest_gpu.xml"
+# a test module whose imports are missing there (selenium) must not stop the GPU tests
+stage pytest_gpu 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
+  --junitxml="$DIR/pytest_gpu.xml"
 stage throughput 90 "$PY" benchmarks/gpu_throughput.py "${TP[@]}"
 # the sharing study before torch.compile: it matters more, and compilation may take long
 stage study 240 "$PY" benchmarks/gpu_proof.py study --out "$DIR" "${STUDY[@]}"
@@ -101,4 +115,13 @@ else
 fi
 
 "$PY" benchmarks/gpu_proof.py assemble --out "$DIR" --mode "$MODE" --install "$INSTALL" \
-  --wall "$SECONDS"
+  --wall "$SECONDS" >"$DIR/gpu_proof.json"
+rc=$?
+if [ -n "$SAVE" ]; then
+  mkdir -p "$SAVE" && cp "$DIR/gpu_proof.json" "$SAVE/" &&
+    (cd "$DIR" && tar -czf "$SAVE/gpu_proof_logs.tgz" --ignore-failed-read ./*.log ./*.status \
+      ./*.skip ./*.off ./*.xml ./study.json 2>/dev/null)
+  echo "gpu_proof: saved gpu_proof.json and gpu_proof_logs.tgz in $SAVE" >&2
+fi
+cat "$DIR/gpu_proof.json"
+exit $rc
