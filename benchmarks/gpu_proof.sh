@@ -7,7 +7,7 @@
 # and print ONE JSON line, last, with every figure and each stage's rc/seconds/error
 # (benchmarks/gpu_proof.py assemble). A stage that fails or times out loses only its own figures.
 #
-#   bash benchmarks/gpu_proof.sh            # on a GPU node: about 5-6 minutes, at most ~8
+#   bash benchmarks/gpu_proof.sh            # on a GPU node: at most ~8 minutes (not yet run)
 #   bash benchmarks/gpu_proof.sh --cpu      # toy sizes on the CPU: the whole path in minutes
 #
 # Install: nothing if the Python already imports what nctune needs; else what .whl/ holds
