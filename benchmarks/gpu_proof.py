@@ -5,7 +5,7 @@ four trials at 0.25 GPU, then one trial holding the whole GPU), about 3 minutes 
 2 cores; `assemble` under a second.
 
 `study` runs the `gpu-proof` preset twice through the product's own driver
-(`study.driver.run_study`, a local Ray, MLflow into a sqlite store under the output folder): as
+(`study.run.driver.run_study`, a local Ray, MLflow into a sqlite store under the output folder): as
 written (four seeds, 0.25 GPU each, all four allowed at once) and as the baseline, one seed
 holding the whole GPU. A Tune callback on the driver records every result as it arrives. A
 trial's interval runs from its first result's arrival minus that result's `time_this_iter_s`
@@ -156,8 +156,8 @@ def run_studies(out: Path, cpu: bool) -> None:
     from ray import tune
 
     from analysis.contract import EVAL_TIME, THROUGHPUT, TRAIN_TIME
-    from study.driver import run_study
     from study.presets import load_study_config
+    from study.run.driver import run_study
 
     class Recorder(tune.Callback):
         """Every result's arrival on the driver, with the few fields the figures need."""
