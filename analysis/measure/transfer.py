@@ -16,6 +16,7 @@ Orientation: every estimator is higher-is-better except `ncti_vc` (a within-clas
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -170,4 +171,9 @@ def transfer_metrics(features: Tensor, labels: Tensor, logits: Tensor | None = N
     for name in names:
         if name not in out:
             out.update(REGISTRY[name](features, labels, logits))
+    for name in names:
+        if not math.isfinite(out[name]):
+            source = "logits" if name in LOGIT_ESTIMATORS else "features"
+            raise InputError(f"transfer estimator {name!r} gave {out[name]} on these {source} "
+                             f"(finite, not constant): a degenerate case it is not defined for")
     return {name: out[name] for name in names}

@@ -23,6 +23,7 @@ GBC_DIMS = 64  # the GBC and NCTI papers' PCA width
 NCTI_TOP = 32  # NCTI's shrinkage reads the variance of the top 32 principal components
 SHRINK_FLOOR = 1e-10
 GBC_VAR_FLOOR = 1e-4  # the GBC authors' absolute floor on each per-dimension class variance
+COLLAPSED_RATIO = 1e-10  # within / total scatter below which NCTI has nothing to whiten by
 SVD_TOL = 1e-4  # scikit-learn's LinearDiscriminantAnalysis tol (rank cut of the svd solver)
 
 
@@ -259,9 +260,20 @@ def ncti_parts(features: Tensor, labels: Tensor) -> dict[str, float]:
     within-class scatter is singular, and the eigen solver at the floor would scale the
     uncovered directions by about 1/sqrt(1e-10 tr(S_w)/D) (values of 1e6-1e7 where the svd
     solver gives hundreds); the svd solver drops those directions instead.
+
+    Raises:
+        InputError: the features are collapsed onto their class means to rounding (within-class
+            scatter <= COLLAPSED_RATIO of the total): both solvers then whiten by a zero
+            scatter and S_seli is rounding noise times 1e16 (the authors' code included).
     """
     x, y = as_f64(features, labels)
     z, variances = pca(x, GBC_DIMS)
+    within, total = float(torch.trace(within_scatter(z, y))), float(torch.trace(_cov(z)))
+    if within <= COLLAPSED_RATIO * total:
+        raise InputError(f"NCTI (ncti_seli, ncti_ncc, ncti_vc): the features sit on their "
+                         f"class means to rounding (within-class scatter {within:.3g} of total "
+                         f"{total:.3g}); NCTI whitens by that scatter, so its parts are "
+                         f"undefined (the authors' code gives rounding noise times 1e16)")
     shrinkage = max(math.exp(-float(variances[:NCTI_TOP].sum())), SHRINK_FLOOR)
     model: LDA | SvdLDA = lda_svd(z, y) if shrinkage <= SHRINK_FLOOR else lda(z, y, shrinkage)
     classes = int(y.max()) + 1

@@ -71,3 +71,21 @@ def test_non_finite_float_labels_are_refused():
     labels[2] = math.nan
     with pytest.raises(InputError, match="the labels hold 1 non-finite"):
         transfer_metrics(f, labels, logits, ["knn"])
+
+
+def test_features_collapsed_to_rounding_are_refused_not_rounding_noise_times_1e16():
+    """An exact simplex ETF (every image on its class mean): NCTI would whiten by a zero
+    within-class scatter (the authors' code returns S_seli ~ 1e17) and SFDA gives NaN at a
+    large scale; both are refused by name, the estimators defined there still answer."""
+    from tests.analysis.measure.test_transfer import simplex_etf
+
+    f, y = simplex_etf(5, 6)
+    for scale in (1.0, 30.0):
+        with pytest.raises(InputError, match=r"NCTI \(ncti_seli, ncti_ncc, ncti_vc\): the "
+                                             r"features sit on their class means"):
+            transfer_metrics(torch.as_tensor(scale * f), torch.as_tensor(y), None, ["ncti_seli"])
+    with pytest.raises(InputError, match="'sfda' gave nan"):
+        transfer_metrics(torch.as_tensor(30 * f), torch.as_tensor(y), None, ["sfda"])
+    out = transfer_metrics(torch.as_tensor(30 * f), torch.as_tensor(y), None,
+                           ["logme", "hscore", "gbc", "knn"])
+    assert all(math.isfinite(v) for v in out.values())
