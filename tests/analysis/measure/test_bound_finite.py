@@ -105,7 +105,7 @@ def test_bound_holds_on_the_constructed_example_through_the_evaluation():
     assert error <= bound < 0.1
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(8))
 def test_bound_holds_against_the_real_sampler_on_random_finite_classes(seed):
     """Random small finite classes (8-20 images, unequal, heavy-tailed) with many episodes of
     the real sampler; the bound is kept informative (< 0.9) so that it can fail."""
