@@ -1,8 +1,9 @@
 """Upper bounds on the few-shot error of nearest-class-centre classification.
 
 `cantelli_error_bound` is a second, much tighter bound (Cantelli's inequality on the projection
-of a query onto the direction between two support means, with finite-shot terms and fourth
-moments from the features); derivation and assumptions in its docstring.
+of a query onto the direction between two support means, with the exact mean and variance of
+that projection for episodes drawn as the bank draws them: supports and query distinct, without
+replacement, from each finite class); derivation in its docstring and docs/bounds.md.
 
 `ncc_error_bound` is the CDNV bound 8 (n - 1)(1 + 1/k) CDNV: nctune's own derivation (proved in
 its docstring), not a constant quoted from Galanti et al. It holds for NCC on the raw features
@@ -102,6 +103,7 @@ class PairMoments:
         dist2: (C, C) ||mu_i - mu_j||^2.
         dir_var: (C, C) [i, j] = Delta_ij^T Sigma_i Delta_ij, Delta_ij = mu_i - mu_j.
         third: (C, C) [i, j] = E[(Delta_ij . e_j) ||e_j||^2], e_j a deviation of class j.
+        count: (C,) N_c, the images of class c (the finite population episodes draw from).
     """
 
     trace: Tensor
@@ -110,6 +112,7 @@ class PairMoments:
     dist2: Tensor
     dir_var: Tensor
     third: Tensor
+    count: Tensor
 
 
 def pair_moments(features: Tensor, labels: Tensor, *,
@@ -145,7 +148,7 @@ def pair_moments(features: Tensor, labels: Tensor, *,
     dir_var = h.T @ d ** 2 / n[:, None]  # [i, j] = Delta_ij^T Sigma_i Delta_ij
     # [j, i] = E_{e in j}[e . (mu_j - mu_i) ||e||^2]; E[(Delta_ij . e_j)||e_j||^2] is minus it
     third = -(h.T @ (d * sq[:, None]) / n[:, None]).T
-    return PairMoments(trace, fourth, cross, dist2, dir_var, third)
+    return PairMoments(trace, fourth, cross, dist2, dir_var, third, n)
 
 
 def _cross_exact(r: Tensor, h: Tensor, n: Tensor) -> Tensor:
@@ -171,14 +174,65 @@ def _cross_cauchy_schwarz(r: Tensor, y: Tensor, n: Tensor) -> Tensor:
     return cross
 
 
+def _ratio(k: int, b: int, n: Tensor, nb: int) -> Tensor:
+    """k_(b) / N_(nb) (falling factorials): the chance-weighted count of b distinct support
+    positions (plus the query when nb = b + 1); 0 when b > k, so N_(nb) = 0 never divides."""
+    num = math.prod(k - t for t in range(b))
+    if num == 0:
+        return torch.zeros_like(n)
+    den = torch.ones_like(n)
+    for t in range(nb):
+        den = den * (n - t)
+    return num / den
+
+
+def class_sampling_moments(m: PairMoments, k_shot: int) -> dict[str, Tensor]:
+    """Per-class moments of one class's k-shot support mean a and its query z, drawn as the
+    episode bank draws them (k + 1 distinct images; derivation in docs/bounds.md).
+
+    Returns (C,) tensors: `a2` E||a||^2, `var_a2` Var||a||^2, `mean_u` E U and `var_u` Var U
+    for U = z.a - ||a||^2/2, and the coefficients `zu`, `a3` with E[zU] = zu * m3 and
+    E[a||a||^2] = a3 * m3, m3 = E[e ||e||^2] the class's third-moment vector.
+    """
+    k, n = k_shot, m.count
+    tau, rho, kap = m.trace, m.cross.diagonal(), m.fourth
+
+    def r(b: int, nb: int) -> Tensor:
+        return _ratio(k, b, n, nb)
+
+    phi = n * (2 * n * rho + n * tau ** 2 - 6 * kap)  # distinct 4-index sum, see docs/bounds.md
+    a2 = (r(1, 1) - r(2, 2)) * n * tau / k ** 2
+    za = -r(1, 2) * n * tau / k
+    z2a2 = (r(1, 2) * n * (n * rho - kap) - r(2, 3) * n * (n * rho - 2 * kap)) / k ** 2
+    za_a2 = (-r(1, 2) * n * kap + (r(3, 4) - r(2, 3)) * phi) / k ** 3
+    a4 = (r(1, 1) * n * kap + r(2, 2) * (phi - n * kap) - 2 * r(3, 3) * phi
+          + r(4, 4) * phi) / k ** 4
+    mean_u = za - a2 / 2
+    zu = -r(1, 2) * n / k - (2 * r(2, 3) - r(1, 2)) * n / (2 * k ** 2)
+    a3 = (r(1, 1) - 3 * r(2, 2) + 2 * r(3, 3)) * n / k ** 3
+    return {"a2": a2, "var_a2": a4 - a2 ** 2, "mean_u": mean_u,
+            "var_u": z2a2 - za_a2 + a4 / 4 - mean_u ** 2, "zu": zu, "a3": a3}
+
+
 def projection_moments(m: PairMoments, k_shot: int) -> tuple[Tensor, Tensor]:
-    """(C, C) mean and variance of W_ij, the query's signed margin (see `cantelli_error_bound`)."""
-    k = float(k_shot)
-    tr_i = m.trace[:, None]
-    mean = m.dist2 / 2 - (tr_i - m.trace[None, :]) / (2 * k)
-    var_sq = (k * (m.fourth - m.trace ** 2) + 2 * k * (k - 1) * m.cross.diagonal()) / k ** 4
-    var = (m.dir_var + m.dir_var.T / k + m.cross.diagonal()[:, None] / k + m.cross / k
-           + (var_sq[:, None] + var_sq[None, :]) / 4 - m.third / k ** 2).clamp_min(0)
+    """(C, C) mean and variance of W_ij, the query's signed margin, for episodes drawn without
+    replacement (see `cantelli_error_bound`; docs/bounds.md for the derivation).
+
+    Raises:
+        InputError: a class has fewer than k_shot + 1 images (no episode can be drawn).
+    """
+    small = m.count < k_shot + 1
+    if bool(small.any()):
+        raise InputError(f"a {k_shot}-shot episode needs k_shot + 1 = {k_shot + 1} images per "
+                         f"class (supports and a query), but {int(small.sum())} classes have "
+                         f"fewer (smallest {int(m.count.min())})")
+    s = class_sampling_moments(m, k_shot)
+    cov_b = ((m.count - k_shot) / ((m.count - 1) * k_shot))[None, :]  # Cov b = cov_b Sigma_j
+    own = -m.third.T  # [i, j] = Delta_ij . m3_i
+    mean = m.dist2 / 2 + s["mean_u"][:, None] + s["a2"][None, :] / 2
+    var = (m.dir_var + s["var_u"][:, None] + 2 * s["zu"][:, None] * own
+           + cov_b * (m.dir_var.T + m.cross)
+           + s["var_a2"][None, :] / 4 - s["a3"][None, :] * m.third).clamp_min(0)
     return mean, var
 
 
@@ -200,32 +254,36 @@ def cantelli_error_bound(features: Tensor, labels: Tensor, n_way: int, k_shot: i
     NCC classifier compares (for the primary `ncc`: target features centred on the
     source-train mean, then L2-normalised), labels the target classes.
 
-    Model. An episode draws n of the C classes uniformly; for each, k support images and the
-    query are drawn independently from that class's distribution, which is taken to be the
-    empirical distribution of its target images (moments with 1/N_c). This is exact for
-    episodes drawn with replacement from the target pool. nctune's episode bank draws without
-    replacement and keeps queries apart from supports, which makes a query slightly farther
-    from its own support mean (finite-population terms of order k / N_c); for those episodes
-    the value is a close prediction rather than a guarantee, and the bound check measures how
-    often it holds.
+    Model (the episode bank's sampling, `analysis.measure.fewshot_episodes`). An episode draws
+    n of the C classes uniformly; for each way, k + 1 distinct images of its class uniformly
+    without replacement from the class's N_c target images: k supports and a query (the bank
+    takes k + q; each of its q queries is, marginally, such a (k+1)-th image, and the error is
+    their average). Classes are drawn independently of each other. Moments are those of the
+    finite class (1/N_c): tr Sigma, E||e||^4, tr(Sigma_i Sigma_j), m3 = E[e ||e||^2].
 
     Pair step. Query x of class i, support means m_i, m_j. NCC errs towards j iff
         W = (x - (m_i + m_j)/2) . (m_i - m_j) <= 0     (ties count as errors).
-    With z = x - mu_i, a = m_i - mu_i, b = m_j - mu_j (independent, mean 0, Cov a = Sigma_i/k,
-    Cov b = Sigma_j/k) and Delta = mu_i - mu_j:
-        W = ||Delta||^2/2 + Delta.(z - b) + z.a - z.b - (||a||^2 - ||b||^2)/2,
-        E W = ||Delta||^2/2 - (tr Sigma_i - tr Sigma_j)/(2k),
-        Var W = Delta^T Sigma_i Delta + Delta^T Sigma_j Delta / k + tr(Sigma_i^2)/k
-                + tr(Sigma_i Sigma_j)/k + (Var||a||^2 + Var||b||^2)/4
-                - E[(Delta.e_j)||e_j||^2] / k^2,
-        Var||a||^2 = [k (E||e_i||^4 - (tr Sigma_i)^2) + 2 k (k-1) tr(Sigma_i^2)] / k^4,
-    every other cross term vanishing by independence and zero means (the last term of Var W is
-    the one third moment that survives: Cov(-Delta.b, ||b||^2/2)). The directional variance
-    Delta^T Sigma Delta is what `cdnv_dir` averages; the fourth moment E||e||^4 is computed
-    from the features, so no Gaussian assumption is made. Cantelli's one-sided inequality,
-        P(W <= 0) <= Var W / (Var W + (E W)^2)   when E W > 0   (else 1),
-    gives c_ij. Above EXACT_CROSS_MAX target images tr(Sigma_i Sigma_j) is replaced by its
-    Cauchy-Schwarz upper bound (see `pair_moments`): Var W only grows, so this stays a bound.
+    With z = x - mu_i, a = m_i - mu_i, b = m_j - mu_j and Delta = mu_i - mu_j,
+        W = ||Delta||^2/2 + Delta.z + U - Delta.b + ||b||^2/2 - z.b,   U = z.a - ||a||^2/2.
+    b is independent of (z, a) and E z = E b = 0, so every covariance between the class-i part
+    (Delta.z + U), the class-j part (-Delta.b + ||b||^2/2) and z.b vanishes, and
+        E W = ||Delta||^2/2 + E U_i + E||b||^2/2,
+        Var W = Delta^T Sigma_i Delta + Var U_i + 2 Delta.E[zU]_i
+                + f_j (Delta^T Sigma_j Delta + tr(Sigma_i Sigma_j)) / k
+                + Var||b||^2 / 4 - Delta.E[b ||b||^2],      f_j = (N_j - k)/(N_j - 1),
+    the finite-population correction of Cov b = f_j Sigma_j / k. The query is not independent of
+    its own support: E[z | a] = -k a / (N_i - k) (the class's deviations sum to 0), so
+    E[z.a] = -tr Sigma_i / (N_i - 1) and E U_i = -(N_i + k) tr Sigma_i / (2 k (N_i - 1))
+    (-tr Sigma_i / (2k) with replacement: the query sits farther from its own support mean).
+    E U, Var U, Var||a||^2 and the vectors E[zU] = zu * m3, E[a ||a||^2] = a3 * m3 are exact
+    sums over which of the k + 1 drawn positions coincide, with falling-factorial weights
+    k_(b) / N_(b); `class_sampling_moments` gives them and docs/bounds.md derives them (they
+    equal the enumeration of every draw, tests/analysis/measure/test_bound_finite.py). Being
+    exact, they make Cantelli's one-sided inequality
+        P(W <= 0) <= Var W / (Var W + (E W)^2)   when E W > 0   (else 1)
+    a bound for the bank's episodes, c_ij. Above EXACT_CROSS_MAX target images
+    tr(Sigma_i Sigma_j) is replaced by its Cauchy-Schwarz upper bound (see `pair_moments`):
+    Var W only grows, so this stays a bound.
 
     Union and average. For the episode's classes S and a query of class i,
     P(error) <= min(1, sum_{j in S, j != i} c_ij); averaging over i in S and over uniform S,
@@ -234,12 +292,12 @@ def cantelli_error_bound(features: Tensor, labels: Tensor, n_way: int, k_shot: i
 
     Args:
         features: (N, D) features in the classifier's space.
-        labels: (N,) class labels; every class needs at least one image.
+        labels: (N,) class labels; every class needs at least k_shot + 1 images.
         n_way: ways n, 2 <= n <= C.
         k_shot: shots k >= 1.
 
     Raises:
-        InputError: n_way or k_shot out of range.
+        InputError: n_way or k_shot out of range, or a class with fewer than k_shot + 1 images.
     """
     return cantelli_bound_from_moments(pair_moments(features, labels), n_way, k_shot)
 

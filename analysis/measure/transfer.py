@@ -16,6 +16,7 @@ Orientation: every estimator is higher-is-better except `ncti_vc` (a within-clas
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,7 +37,7 @@ KNN_K = 5
 
 _ROWS = 2048  # similarity rows formed at once (2048 x N float64)
 Estimator = Callable[[Tensor, Tensor, Tensor | None], dict[str, float]]
-_NEEDS_LOGITS = frozenset({"leep", "nce"})
+LOGIT_ESTIMATORS = ("leep", "nce")  # read the source head's logits; the rest read features
 
 
 def knn_loo_accuracy(features: Tensor, labels: Tensor, k: int = KNN_K) -> float:
@@ -108,6 +109,42 @@ def check_estimators(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _non_finite(name: str, users: list[str], values: Tensor) -> None:
+    bad = ~torch.isfinite(values.detach())
+    if bool(bad.any()):
+        rows = int(bad.reshape(len(bad), -1).any(1).sum())
+        raise InputError(f"transfer estimator(s) {users}: the {name} hold {int(bad.sum())} "
+                         f"non-finite values (NaN or inf) in {rows} of {len(values)} target "
+                         f"images; the estimators need finite {name} (did training diverge?)")
+
+
+def check_finite(features: Tensor, labels: Tensor, logits: Tensor | None,
+                 names: Sequence[str]) -> None:
+    """One clear error, naming the estimators and the input, for input no estimator can use.
+
+    Non-finite labels, features (for every estimator but LEEP and NCE) or logits (for LEEP and
+    NCE) would otherwise give NaN silently or a misleading linear-algebra error; features
+    that are the same for every image (zero variance) carry no class information, and
+    several estimators would divide by their zero spread.
+
+    Raises:
+        InputError: naming the estimators that read the bad input, and what is wrong with it.
+    """
+    on_features = [n for n in names if n not in LOGIT_ESTIMATORS]
+    on_logits = [n for n in names if n in LOGIT_ESTIMATORS]
+    if labels.is_floating_point():
+        _non_finite("labels", list(names), labels)
+    if on_features:
+        _non_finite("features", on_features, features)
+        x = features.detach()
+        if len(x) and bool((x == x[:1]).all()):
+            raise InputError(f"transfer estimator(s) {on_features}: the features are the same "
+                             f"for all {len(x)} target images (zero variance), so they carry "
+                             f"no class information to measure")
+    if on_logits and logits is not None:
+        _non_finite("logits", on_logits, logits)
+
+
 def transfer_metrics(features: Tensor, labels: Tensor, logits: Tensor | None = None,
                      names: Sequence[str] = ESTIMATORS) -> dict[str, float]:
     """{estimator: value} for each requested estimator on the target features.
@@ -117,11 +154,16 @@ def transfer_metrics(features: Tensor, labels: Tensor, logits: Tensor | None = N
         labels: (N,) target class labels (at least two classes, two images each).
         logits: (N, Z) source-head logits on the same images (LEEP and NCE need them).
         names: estimators to compute, from `analysis.contract.ESTIMATORS`.
+
+    Raises:
+        InputError: an unknown estimator, bad shapes, fewer than two classes of two images,
+            missing logits for LEEP or NCE, or input they cannot use (`check_finite`).
     """
     names = check_estimators(names)
     if features.ndim != 2 or len(features) != len(labels):
         raise InputError(f"transfer estimators need (N, D) features and N labels, got "
                          f"{tuple(features.shape)} and {tuple(labels.shape)}")
+    check_finite(features, labels, logits, names)
     counts = torch.bincount(torch.unique(labels.cpu(), return_inverse=True)[1])
     if len(counts) < 2 or int(counts.min()) < 2:
         raise InputError("transfer estimators need at least two classes of two images each")
@@ -129,4 +171,9 @@ def transfer_metrics(features: Tensor, labels: Tensor, logits: Tensor | None = N
     for name in names:
         if name not in out:
             out.update(REGISTRY[name](features, labels, logits))
+    for name in names:
+        if not math.isfinite(out[name]):
+            source = "logits" if name in LOGIT_ESTIMATORS else "features"
+            raise InputError(f"transfer estimator {name!r} gave {out[name]} on these {source} "
+                             f"(finite, not constant): a degenerate case it is not defined for")
     return {name: out[name] for name in names}

@@ -3,7 +3,8 @@
 GBC (Pandy et al., CVPR 2022), SFDA (Shao et al., ECCV 2022) and NCTI's three parts (Wang et
 al., ICCV 2023). SFDA and NCTI share one regularised linear discriminant analysis (`lda`),
 written here in torch because the measurement package does not depend on scikit-learn; the
-tests compare it with scikit-learn's LinearDiscriminantAnalysis(solver="eigen").
+tests compare it with scikit-learn's LinearDiscriminantAnalysis(solver="eigen"), and `lda_svd`
+(NCTI's solver when its shrinkage is at the floor) with solver="svd".
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from analysis.errors import InputError
 from analysis.measure.transfer_linear import as_f64, one_hot
 
 _F64 = torch.float64
 GBC_DIMS = 64  # the GBC and NCTI papers' PCA width
 NCTI_TOP = 32  # NCTI's shrinkage reads the variance of the top 32 principal components
 SHRINK_FLOOR = 1e-10
+GBC_VAR_FLOOR = 1e-4  # the GBC authors' absolute floor on each per-dimension class variance
+COLLAPSED_RATIO = 1e-10  # within / total scatter below which NCTI has nothing to whiten by
+SVD_TOL = 1e-4  # scikit-learn's LinearDiscriminantAnalysis tol (rank cut of the svd solver)
 
 
 def pca(x: Tensor, dims: int) -> tuple[Tensor, Tensor]:
@@ -42,25 +47,37 @@ def class_moments(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return counts / len(y), means, var.clamp_min(0)
 
 
-def gbc(features: Tensor, labels: Tensor, *, dims: int = GBC_DIMS) -> float:
+def gbc(features: Tensor, labels: Tensor, *, dims: int = GBC_DIMS,
+        gaussian: str = "spherical") -> float:
     """GBC: minus the summed Bhattacharyya coefficients between the target classes.
 
     Pandy, Agostinelli, Uijlings, Ferrari & Mensink, "Transferability Estimation using
-    Bhattacharyya Class Separability", CVPR 2022. Features are reduced by PCA to
-    min(64, D, N) dimensions; each class c is a Gaussian with mean mu_c and diagonal covariance
-    diag(v_c) (biased per-dimension variances); for classes i != j, with v = (v_i + v_j) / 2,
+    Bhattacharyya Class Separability", CVPR 2022, as in the authors' released code
+    (google-research, stable_transfer/transferability/gbc.py; spherical is its default).
+    Features are reduced by PCA to min(64, D, N) dimensions; v_c = the per-dimension biased
+    variances of class c, each floored at the absolute GBC_VAR_FLOOR = 1e-4 (the authors'
+    tf.maximum(variance, 1e-4)). Spherical (default): class c is N(mu_c, s_c I) with
+    s_c = mean_k v_ck, and for classes i != j with s = (s_i + s_j) / 2
 
+        D_B(i, j) = ||mu_i - mu_j||^2 / (8 s) + 1/2 log( s / sqrt(s_i s_j) )
+
+    (the log term once, not summed over dimensions: the authors' reduce_sum of a scalar).
+    Diagonal (`gaussian="diagonal"`, the paper's other variant): N(mu_c, diag(v_c)),
         D_B(i, j) = 1/8 sum_k (mu_ik - mu_jk)^2 / v_k + 1/2 sum_k log( v_k / sqrt(v_ik v_jk) ),
-        GBC = - sum_{i != j} exp(-D_B(i, j))      (ordered pairs, as in the paper).
+    v = (v_i + v_j) / 2. Then GBC = - sum_{i != j} exp(-D_B(i, j)) (ordered pairs). 0 when the
+    classes do not overlap, -C (C - 1) when they coincide. Higher is better.
 
-    0 when the classes do not overlap, -C (C - 1) when they coincide. Higher is better.
-    Variances get 1e-10 of the mean variance added so that an exactly collapsed class stays
-    finite.
+    Raises:
+        InputError: `gaussian` not "spherical" or "diagonal".
     """
+    if gaussian not in ("spherical", "diagonal"):
+        raise InputError(f"gbc: gaussian must be 'spherical' or 'diagonal', got {gaussian!r}")
     x, y = as_f64(features, labels)
     z, _ = pca(x, dims)
     _, mu, var = class_moments(z, y)
-    var = var + 1e-10 * var.mean().clamp_min(1e-300)
+    var = var.clamp_min(GBC_VAR_FLOOR)
+    if gaussian == "spherical":
+        var = var.mean(1, keepdim=True)
     logv = var.log()
     total = 0.0
     for start in range(0, len(mu), 64):  # blocks of classes: C x C x dims at most 64 rows deep
@@ -145,6 +162,55 @@ def lda(x: Tensor, y: Tensor, shrinkage: float) -> LDA:
     return LDA(coef, intercept, chol, sb)
 
 
+@dataclass(frozen=True)
+class SvdLDA:
+    """A fitted LDA from scikit-learn's svd solver (no shrinkage): scores and projection."""
+
+    coef: Tensor  # (C, D)
+    intercept: Tensor  # (C,)
+    scalings: Tensor  # (D, r): the discriminant directions, r <= C - 1
+    xbar: Tensor  # (D,): the prior-weighted mean of the class means
+
+    def proba(self, x: Tensor) -> Tensor:
+        """p(c | x) = softmax_c( x . coef_c + intercept_c )."""
+        return torch.softmax(x @ self.coef.T + self.intercept, dim=1)
+
+    def transform(self, x: Tensor, components: int) -> Tensor:
+        """(x - xbar) in the first `components` discriminant directions."""
+        return ((x - self.xbar) @ self.scalings)[:, :components]
+
+
+def lda_svd(x: Tensor, y: Tensor) -> SvdLDA:
+    """Linear discriminant analysis by scikit-learn's svd solver (version 1.9's _solve_svd).
+
+    R = the rows minus their class means, each column divided by its standard deviation s
+    (1 where 0), times 1/sqrt(N); R = U S V^T and only directions with S > SVD_TOL are kept:
+    W = (V_r / s) / S_r whitens the within-class scatter on the span the data cover and drops
+    the rest (so with N - C < D it stays finite, where inverting a floor-shrunk S_w does not).
+    The class means M, centred on xbar = priors . M and weighted by sqrt(N p_c / (C - 1)), are
+    mapped by W and decomposed again; the scalings are W times their right singular vectors
+    with singular value > SVD_TOL times the largest. coef = (M - xbar) A A^T,
+    intercept_c = -1/2 ||(mu_c - xbar) A||^2 + log p_c - xbar . coef_c.
+    """
+    priors, means, _ = class_moments(x, y)
+    n, classes = len(x), len(means)
+    r = x - means[y]
+    std = r.std(0, correction=0)
+    std = torch.where(std == 0, torch.ones_like(std), std)
+    _, sv, vt = torch.linalg.svd(r / std / math.sqrt(n), full_matrices=False)
+    rank = int((sv > SVD_TOL).sum())
+    within = (vt[:rank] / std).T / sv[:rank]
+    xbar = priors @ means
+    centred = (means - xbar) * torch.sqrt(n * priors / max(classes - 1, 1))[:, None]
+    _, sb, vbt = torch.linalg.svd(centred @ within, full_matrices=False)
+    keep = int((sb > SVD_TOL * sb[0]).sum()) if len(sb) else 0
+    scalings = within @ vbt.T[:, :keep]
+    low = (means - xbar) @ scalings
+    coef = low @ scalings.T
+    intercept = -0.5 * (low ** 2).sum(1) + priors.log() - xbar @ coef.T
+    return SvdLDA(coef, intercept, scalings, xbar)
+
+
 def sfda(features: Tensor, labels: Tensor) -> float:
     """SFDA: self-challenging Fisher discriminant analysis.
 
@@ -188,15 +254,28 @@ def ncti_parts(features: Tensor, labels: Tensor) -> dict[str, float]:
         S_vc   = log sum_c ||P_c||_*             (P_c: rows of class c; lower better)
 
     NCTI itself = minmax(S_seli) + minmax(S_ncc) - minmax(S_vc) across a pool of models, so it
-    is formed across trials by the study analysis, not here. Where s hits its floor the
-    reference switches to scikit-learn's SVD solver, whose within-class covariance is
-    normalised by N - C instead of N; that rescales S_seli by sqrt((N-C)/N), the same factor
-    for every trial of a study, so rankings do not change.
+    is formed across trials by the study analysis, not here. Where s hits its floor 1e-10 the
+    authors switch to scikit-learn's svd solver (no shrinkage; `lda_svd`) for all three parts,
+    and so does this function: with fewer images than PCA dimensions (N - C < 64) the
+    within-class scatter is singular, and the eigen solver at the floor would scale the
+    uncovered directions by about 1/sqrt(1e-10 tr(S_w)/D) (values of 1e6-1e7 where the svd
+    solver gives hundreds); the svd solver drops those directions instead.
+
+    Raises:
+        InputError: the features are collapsed onto their class means to rounding (within-class
+            scatter <= COLLAPSED_RATIO of the total): both solvers then whiten by a zero
+            scatter and S_seli is rounding noise times 1e16 (the authors' code included).
     """
     x, y = as_f64(features, labels)
     z, variances = pca(x, GBC_DIMS)
+    within, total = float(torch.trace(within_scatter(z, y))), float(torch.trace(_cov(z)))
+    if within <= COLLAPSED_RATIO * total:
+        raise InputError(f"NCTI (ncti_seli, ncti_ncc, ncti_vc): the features sit on their "
+                         f"class means to rounding (within-class scatter {within:.3g} of total "
+                         f"{total:.3g}); NCTI whitens by that scatter, so its parts are "
+                         f"undefined (the authors' code gives rounding noise times 1e16)")
     shrinkage = max(math.exp(-float(variances[:NCTI_TOP].sum())), SHRINK_FLOOR)
-    model = lda(z, y, shrinkage)
+    model: LDA | SvdLDA = lda_svd(z, y) if shrinkage <= SHRINK_FLOOR else lda(z, y, shrinkage)
     classes = int(y.max()) + 1
     low = model.transform(z, min(classes - 1, z.shape[1]))
     low = low - low.mean(0)

@@ -1,9 +1,9 @@
 """The Cantelli bound on NCC error: its moments against loops, and that it bounds simulated errors.
 
-Episodes are simulated under the bound's own model (supports and query drawn independently,
-with replacement, from each class's pool), on Gaussian and on heavy-tailed (Student t, 5
-degrees of freedom, skewed by a square) pools. The bound must hold there; the tests pick
-separations where it is far from vacuous, so a wrong derivation fails them.
+Episodes are simulated as the episode bank draws them (supports and query distinct, without
+replacement, from each class's pool; the bound's model), on Gaussian and on heavy-tailed
+(Student t, 5 degrees of freedom, skewed by a square) pools. The bound must hold there; the
+tests pick separations where it is far from vacuous, so a wrong derivation fails them.
 """
 
 from __future__ import annotations
@@ -66,13 +66,19 @@ def test_pair_moments_equal_loops(kind):
                                    err_msg=key)
 
 
+def distinct(rng: np.random.Generator, n: int, draws: int, size: int) -> np.ndarray:
+    """(draws, size) indices, each row `size` distinct of range(n) in random order."""
+    return rng.random((draws, n)).argsort(1)[:, :size]
+
+
 def simulate_w(x: np.ndarray, y: np.ndarray, i: int, j: int, k: int, draws: int,
                rng: np.random.Generator) -> np.ndarray:
-    """W = (q - (m_i + m_j)/2) . (m_i - m_j) for episodes drawn with replacement."""
+    """W = (q - (m_i + m_j)/2) . (m_i - m_j), supports and query drawn without replacement."""
     xi, xj = x[y == i], x[y == j]
-    mi = xi[rng.integers(0, len(xi), (draws, k))].mean(1)
-    mj = xj[rng.integers(0, len(xj), (draws, k))].mean(1)
-    q = xi[rng.integers(0, len(xi), draws)]
+    own = distinct(rng, len(xi), draws, k + 1)
+    mi = xi[own[:, :k]].mean(1)
+    mj = xj[distinct(rng, len(xj), draws, k)].mean(1)
+    q = xi[own[:, k]]
     return np.einsum("nd,nd->n", q - (mi + mj) / 2, mi - mj)
 
 
@@ -93,21 +99,15 @@ def test_mean_and_variance_of_the_projection_match_simulation(kind, k):
 
 @pytest.mark.parametrize("kind", ["gaussian", "heavy"])
 @pytest.mark.parametrize(("n_way", "k_shot"), [(5, 1), (5, 5), (3, 2)])
-def test_bound_holds_on_simulated_episodes(kind, n_way, k_shot):
+def test_bound_holds_on_the_episode_banks_episodes(kind, n_way, k_shot):
+    """Against the real sampler and NCC on the same features (ncc_raw: the raw features)."""
+    from analysis.measure.fewshot import evaluate_episodes, sample_episodes
+
     x, y = pool(kind, sep=5.0)
     bound = cantelli_error_bound(torch.as_tensor(x), torch.as_tensor(y), n_way, k_shot)
-    rng = np.random.default_rng(2)
-    classes = np.unique(y)
-    errors = []
-    for _ in range(4000):
-        ways = rng.choice(classes, n_way, replace=False)
-        supports = np.stack([x[y == c][rng.integers(0, (y == c).sum(), k_shot)].mean(0)
-                             for c in ways])
-        truth = rng.integers(n_way)
-        q = x[y == ways[truth]][rng.integers(0, (y == ways[truth]).sum())]
-        d = ((supports - q) ** 2).sum(1)
-        errors.append(float(np.argmin(d) != truth or (d == d[truth]).sum() > 1))
-    err, se = np.mean(errors), np.std(errors) / np.sqrt(len(errors))
+    bank = sample_episodes(y, n_way=n_way, k_shot=k_shot, q_query=10, episodes=4000, seed=2)
+    res = evaluate_episodes(torch.as_tensor(x), bank, "ncc_raw")
+    err, se = 1.0 - res.mean, float(res.accuracies.std()) / np.sqrt(bank.episodes)
     assert bound < 0.9, "the setting must leave the bound room to fail"
     assert err <= bound + 3 * se, (err, bound)
 
