@@ -100,8 +100,10 @@ def metric_value(key: str, progress: float, z: float, rng: np.random.Generator) 
     return 0.5 * math.exp(-1.0 * progress - 0.5 * z + noise)
 
 
-def build(uri: str, n_trials: int, epochs: int, seed: int = 0) -> dict[str, Any]:
-    """Write the synthetic study through study.tracking; returns counts and the write time."""
+def build(uri: str, n_trials: int, epochs: int, seed: int = 0,
+          artifacts: Path | None = None) -> dict[str, Any]:
+    """Write the synthetic study through study.tracking; returns counts and the write time.
+    Artifacts go to `artifacts` (default: next to a sqlite store)."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -110,7 +112,8 @@ def build(uri: str, n_trials: int, epochs: int, seed: int = 0) -> dict[str, Any]
     t0 = time.perf_counter()
     tracking.tracking_defaults()
     client = MlflowClient(uri)
-    exp = tracking.ensure_experiment(client, "nctune", Path(uri.split(":///", 1)[1]).parent / "art")
+    root = artifacts or Path(uri.split(":///", 1)[1]).parent / "art"
+    exp = tracking.ensure_experiment(client, "nctune", root)
     space = demo_space()
     searched = sorted(space)
     parent = tracking.log_study_start(
