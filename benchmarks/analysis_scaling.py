@@ -145,11 +145,13 @@ def build(uri: str, n_trials: int, epochs: int, seed: int = 0,
     return {"write_s": time.perf_counter() - t0, "keys": len(keys), "points": points}
 
 
-def measure(uri: str, out: Path, baseline: bool, n_boot: int) -> dict[str, Any]:
-    """Time load (bulk, and per key if `baseline`) and analyze with its breakdown."""
+def measure(uri: str, out: Path, baseline: bool, n_boot: int,
+            leaderboard_trials: int = 0) -> dict[str, Any]:
+    """Time load (bulk, and per key if `baseline`) and analyze with its breakdown; with
+    `leaderboard_trials` > 0 the leaderboard sees only that many usable trials."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.crosstrial import history_read, report
+    from analysis.crosstrial import history_read, leaderboard, report
     from analysis.crosstrial.runs import load_study
 
     MlflowClient(uri).search_experiments()  # the store's one-off set-up, outside the timings
@@ -187,6 +189,10 @@ def measure(uri: str, out: Path, baseline: bool, n_boot: int) -> dict[str, Any]:
                 spent[_slot] += time.perf_counter() - t
 
         setattr(report, attr, timed)
+    if leaderboard_trials:
+        table = leaderboard.leaderboard_table
+        leaderboard.leaderboard_table = (  # type: ignore[assignment]
+            lambda usable, **kw: table(usable.head(leaderboard_trials), **kw))
     t0 = time.perf_counter()
     report.analyze(STUDY, uri, out, n_boot=n_boot, log_to_mlflow=True)
     res["analyze_s"] = time.perf_counter() - t0
@@ -204,16 +210,19 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "build":
         print(json.dumps(build(args.uri, args.n, args.epochs)))
     else:
-        print(json.dumps(measure(args.uri, Path(args.out), args.baseline, args.n_boot)))
+        print(json.dumps(measure(args.uri, Path(args.out), args.baseline, args.n_boot,
+                                 args.leaderboard_trials)))
 
 
 def run_child(step: str, uri: str, n: int, args: argparse.Namespace, **extra: Any) -> dict:
     """Run one step in a subprocess; its last stdout line is its JSON (or an error)."""
     cmd = [sys.executable, __file__, "--child", step, "--uri", uri, "--n", str(n),
            "--epochs", str(args.epochs), "--n-boot", str(args.n_boot),
-           "--mem-limit-gb", str(args.mem_limit_gb if step == "measure" else 0)]
+           "--mem-limit-gb", str(args.mem_limit_gb if step == "measure" else 0),
+           "--leaderboard-trials", str(args.leaderboard_trials)]
     for k, v in extra.items():
-        cmd += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+        if v is not False:
+            cmd += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
                               env={**os.environ, "MLFLOW_TRACKING_URI": ""})
@@ -243,7 +252,12 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per step and size")
     p.add_argument("--mem-limit-gb", type=float, default=8.0,
                    help="address-space limit of the measuring process (0: none)")
+    p.add_argument("--leaderboard-trials", type=int, default=0,
+                   help="give the leaderboard only this many usable trials (0: all); measures "
+                        "the rest of analyze while the leaderboard is too slow to wait for")
     p.add_argument("--keep", default="", help="keep the stores and reports under this folder")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --keep: measure the stores already there instead of rebuilding")
     p.add_argument("--child", choices=["build", "measure"], help=argparse.SUPPRESS)
     p.add_argument("--uri", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -261,9 +275,13 @@ def main() -> None:
         folder = root / f"n{n}"
         folder.mkdir(parents=True, exist_ok=True)
         db = folder / "mlflow.db"
-        db.unlink(missing_ok=True)
         uri = f"sqlite:///{db}"
-        row = run_child("build", uri, n, args)
+        if args.reuse and args.keep and (folder / "build.json").is_file():
+            row = json.loads((folder / "build.json").read_text())
+        else:
+            db.unlink(missing_ok=True)
+            row = run_child("build", uri, n, args)
+            (folder / "build.json").write_text(json.dumps(row))
         if "error" not in row:
             row["store_mb"] = db.stat().st_size / 2**20
             row.update(run_child("measure", uri, n, args, out=folder / "report",
@@ -273,7 +291,8 @@ def main() -> None:
         results[str(n)] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
         print(f"# {n} trials: {results[str(n)]}", file=sys.stderr, flush=True)
     out: dict[str, Any] = {"benchmark": "analysis_scaling", "epochs": args.epochs,
-                           "n_boot": args.n_boot, "cpus": os.cpu_count(), "sizes": results}
+                           "n_boot": args.n_boot, "leaderboard_trials": args.leaderboard_trials,
+                           "cpus": os.cpu_count(), "sizes": results}
     big, mid = results.get("1000", {}), results.get("256", {})
     for key in ("analyze_s", "load_bulk_s"):
         if key in big and key in mid:

@@ -184,11 +184,11 @@ def _effect_panel(ax: Any, final: pd.DataFrame, p: str, t: str, pv: pd.DataFrame
     log_x = log_x and not as_cats
     xs = col.map(pos).to_numpy(float) if as_cats else col.to_numpy(float)
     clipped = False
+    many = dense.is_dense(len(final))  # small translucent points: overlaps show density
     if pv.empty:  # a value per trial: points and a trend over them
-        many = dense.is_dense(len(final))  # small translucent points: overlaps show density
         ax.scatter(xs, y, s=6 if many else 28, c=[c.colour[i] for i in final["trial_index"]],
                    edgecolors="none" if many else "black", linewidths=0.4,
-                   alpha=0.6 if many else 1.0, zorder=3, gid="trials")
+                   alpha=0.6 if many else 1.0, zorder=3, gid="trials", rasterized=many)
         fit = trend(ax, xs, y, log_x=log_x, log_y=log_y, seed=seed, clip=clip,
                     label="least-squares trend (on the axes' scales)")
         clipped = bool(fit and fit[1])
@@ -197,9 +197,9 @@ def _effect_panel(ax: Any, final: pd.DataFrame, p: str, t: str, pv: pd.DataFrame
         steps = np.diff(np.unique(u[np.isfinite(u)]))
         u = u + np.random.default_rng(seed).uniform(-0.12, 0.12, len(u)) * (
             steps.min() if len(steps) else 0.0)
-        ax.scatter(10 ** u if log_x else u, y, s=22, alpha=0.85, zorder=2,
-                   c=[c.colour[i] for i in final["trial_index"]], edgecolors="none",
-                   gid="trials")
+        ax.scatter(10 ** u if log_x else u, y, s=5 if many else 22, alpha=0.5 if many else 0.85,
+                   zorder=2, c=[c.colour[i] for i in final["trial_index"]], edgecolors="none",
+                   gid="trials", rasterized=many)
         px = pv["value"].map(pos).to_numpy(float) if as_cats else pv["value"].to_numpy(float)
         m, lo, hi = (scale * pv[k].to_numpy(float) for k in ("mean", "ci_low", "ci_high"))
         if clip is not None:
@@ -247,11 +247,13 @@ def bound_vs_error(table: pd.DataFrame) -> Figure:
         ax.axvline(1.0, color="tab:red", ls="--", lw=1, label="bound = 1: vacuous to the right")
         early, fin = g[~g["final"]], g[g["final"]]
         many = dense.is_dense(len(fin))
+        # many points: small, translucent, and pixels in the SVG (40,000 vector dots: 13 MB)
         ax.scatter(early["bound"], err[~g["final"]], s=3 if many else 12, color="0.55",
-                   alpha=0.25 if many else 0.6, label="earlier epochs", edgecolors="none")
+                   alpha=0.25 if many else 0.6, label="earlier epochs", edgecolors="none",
+                   rasterized=many)
         ax.scatter(fin["bound"], err[g["final"]], s=8 if many else 30, color="tab:blue",
                    edgecolors="none" if many else "black", linewidths=0.5,
-                   alpha=0.7 if many else 1.0, label="final epoch")
+                   alpha=0.7 if many else 1.0, label="final epoch", rasterized=many)
         ax.set_xlim(lo, hi)
         ax.set_ylim(min(lo, float(err.min()) / 1.5), 1.2)
         log_axis(ax)
