@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from analysis.contract import CDNV_TARGET, collapse_key, fewshot_key
+from analysis.crosstrial import dense_figures as dense
 from analysis.crosstrial.bound_check import BOUNDS
 from analysis.crosstrial.correlate import CDNV_SPLITS, MIN_BOOT_TRIALS
 from analysis.crosstrial.effects import effect_params, effect_targets, is_log_target, log_scaled
@@ -25,6 +26,7 @@ from analysis.crosstrial.leaderboard_figure import forest_plot
 from analysis.crosstrial.plotting import (
     Colours,
     colours,
+    final_epoch_panel,
     log_axis,
     note,
     report_figure,
@@ -53,18 +55,8 @@ def transfer_vs_cdnv(final: pd.DataFrame, history: pd.DataFrame, transfer: str, 
         ax.errorbar(x, y, yerr=100 * f[ci_col].to_numpy(float), fmt="none", ecolor="0.6",
                     elinewidth=0.8, zorder=1)
     ax.scatter(x, y, c=cols, s=45, edgecolors="black", linewidths=0.5, zorder=3)
-    fit = trend(ax, x, y, log_x=True, seed=seed)
-    if fit is not None:
-        slope = f"{fit[0]:+.1f}".replace("-", "−")
-        next(ln for ln in ax.lines if ln.get_gid() == "trend").set_label(
-            f"least-squares trend: {slope} percentage points per 10× CDNV")
-        ax.legend(loc="lower left", fontsize=8, frameon=False)
-    log_axis(ax)
-    ax.set_xlabel("target CDNV at the final epoch (log scale; lower = more collapse)")
-    ax.set_ylabel(f"{describe(transfer)} (%)")
-    ax.set_title(f"Final epoch, one point per trial (n = {len(f)})", fontsize=11)
-    if rho_text:
-        note(ax, rho_text)
+    final_epoch_panel(ax, x, y, describe(transfer),
+                      f"Final epoch, one point per trial (n = {len(f)})", rho_text, seed)
     for idx, h in history.groupby("trial_index"):
         h = h[np.isfinite(h[CDNV_TARGET]) & np.isfinite(h[transfer])]
         if idx not in c.colour or h.empty:
@@ -84,18 +76,28 @@ def transfer_vs_cdnv(final: pd.DataFrame, history: pd.DataFrame, transfer: str, 
     return fig
 
 
-def cdnv_over_epochs(history: pd.DataFrame, c: Colours) -> Figure:
+def cdnv_over_epochs(history: pd.DataFrame, c: Colours, final: pd.DataFrame | None = None,
+                     transfer: str | None = None) -> Figure:
     """CDNV per split against epoch, a line per trial; panels share the log y axis so splits
-    compare (unbiased variances when logged: images per class differ between splits)."""
-    fig = Figure(figsize=(13, 4.2), layout="constrained")
+    compare (unbiased variances when logged: images per class differ between splits). Given
+    `final` with more than `dense.DENSE_TRIALS` trials: per epoch the median over trials with
+    25-75% and 5-95% bands instead, and the best and worst trials by final `transfer` named."""
+    fig = Figure(figsize=(13, 4.6), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
+    many = final is not None and dense.is_dense(len(final))
+    named = dense.extremes(final, transfer) if many and final is not None else {}
     variant = ""
     for ax, split in zip(axes, CDNV_SPLITS, strict=True):
         vals, variant = comparable_cdnv(history, split)
         if vals is None:
             ax.set_title(f"{SPLIT_TITLE[split]}: not logged", fontsize=11)
             continue
-        for idx, h in history.assign(_v=vals).groupby("trial_index"):
+        if many:
+            table = dense.wide(history, np.where(np.isfinite(vals) & (vals > 0), vals, np.nan))
+            dense.bands(ax, table.index.to_numpy(float), table.to_numpy(float),
+                        label=f"{table.shape[1]} trials")
+            dense.named_lines(ax, table, named)
+        for idx, h in ([] if many else history.assign(_v=vals).groupby("trial_index")):
             h = h[np.isfinite(h["_v"]) & (h["_v"] > 0)]
             if idx in c.colour and len(h):
                 ax.plot(h["epoch"], h["_v"], color=c.colour[idx], lw=1.1, alpha=0.85,
@@ -107,10 +109,15 @@ def cdnv_over_epochs(history: pd.DataFrame, c: Colours) -> Figure:
         ax.grid(True, which="major", alpha=0.3)
         ax.tick_params(labelleft=True)
     axes[0].set_ylabel("CDNV (log scale)")
-    fig.suptitle("CDNV over training, each line a trial; " + (
+    fig.suptitle(("CDNV over training: median and quantile bands over trials; " if many else
+                  "CDNV over training, each line a trial; ") + (
         f"{variant}: splits not comparable" if "uncorrected" in variant else
         f"{variant}, comparable across splits"), fontsize=11)
-    c.key(fig, list(axes))
+    if many:
+        axes[0].legend(loc="lower left", fontsize=8, frameon=False)
+        dense.named_legend(fig, dense.NAMED, "final " + describe(transfer or ""))
+    else:
+        c.key(fig, list(axes))
     return fig
 
 
@@ -176,9 +183,11 @@ def _effect_panel(ax: Any, final: pd.DataFrame, p: str, t: str, pv: pd.DataFrame
     log_x = log_x and not as_cats
     xs = col.map(pos).to_numpy(float) if as_cats else col.to_numpy(float)
     clipped = False
+    many = dense.is_dense(len(final))  # small translucent points: overlaps show density
     if pv.empty:  # a value per trial: points and a trend over them
-        ax.scatter(xs, y, s=28, c=[c.colour[i] for i in final["trial_index"]],
-                   edgecolors="black", linewidths=0.4, zorder=3, gid="trials")
+        ax.scatter(xs, y, s=6 if many else 28, c=[c.colour[i] for i in final["trial_index"]],
+                   edgecolors="none" if many else "black", linewidths=0.4,
+                   alpha=0.6 if many else 1.0, zorder=3, gid="trials", rasterized=many)
         fit = trend(ax, xs, y, log_x=log_x, log_y=log_y, seed=seed, clip=clip,
                     label="least-squares trend (on the axes' scales)")
         clipped = bool(fit and fit[1])
@@ -187,9 +196,9 @@ def _effect_panel(ax: Any, final: pd.DataFrame, p: str, t: str, pv: pd.DataFrame
         steps = np.diff(np.unique(u[np.isfinite(u)]))
         u = u + np.random.default_rng(seed).uniform(-0.12, 0.12, len(u)) * (
             steps.min() if len(steps) else 0.0)
-        ax.scatter(10 ** u if log_x else u, y, s=22, alpha=0.85, zorder=2,
-                   c=[c.colour[i] for i in final["trial_index"]], edgecolors="none",
-                   gid="trials")
+        ax.scatter(10 ** u if log_x else u, y, s=5 if many else 22, alpha=0.5 if many else 0.85,
+                   zorder=2, c=[c.colour[i] for i in final["trial_index"]], edgecolors="none",
+                   gid="trials", rasterized=many)
         px = pv["value"].map(pos).to_numpy(float) if as_cats else pv["value"].to_numpy(float)
         m, lo, hi = (scale * pv[k].to_numpy(float) for k in ("mean", "ci_low", "ci_high"))
         if clip is not None:
@@ -236,10 +245,14 @@ def bound_vs_error(table: pd.DataFrame) -> Figure:
         ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="error = bound")
         ax.axvline(1.0, color="tab:red", ls="--", lw=1, label="bound = 1: vacuous to the right")
         early, fin = g[~g["final"]], g[g["final"]]
-        ax.scatter(early["bound"], err[~g["final"]], s=12, color="0.55", alpha=0.6,
-                   label="earlier epochs")
-        ax.scatter(fin["bound"], err[g["final"]], s=30, color="tab:blue",
-                   edgecolors="black", linewidths=0.5, label="final epoch")
+        many = dense.is_dense(len(fin))
+        # many points: small, translucent, and pixels in the SVG (40,000 vector dots: 13 MB)
+        ax.scatter(early["bound"], err[~g["final"]], s=3 if many else 12, color="0.55",
+                   alpha=0.25 if many else 0.6, label="earlier epochs", edgecolors="none",
+                   rasterized=many)
+        ax.scatter(fin["bound"], err[g["final"]], s=8 if many else 30, color="tab:blue",
+                   edgecolors="none" if many else "black", linewidths=0.5,
+                   alpha=0.7 if many else 1.0, label="final epoch", rasterized=many)
         ax.set_xlim(lo, hi)
         ax.set_ylim(min(lo, float(err.min()) / 1.5), 1.2)
         log_axis(ax)
@@ -296,12 +309,26 @@ def study_figures(study: StudyRuns, t: dict[str, Any], folder: Path, *, color_by
     logs = {p for p in params if log_scaled(final[p], study.space.get(p))}
     c = colours(final, color_by, log=color_by in logs) if len(final) else None
     made: list[tuple[str, str, Figure]] = []
-    if c is not None and y and CDNV_TARGET in final:
+    many = dense.is_dense(len(final))
+    if c is not None and y and CDNV_TARGET in final and many:
+        made.append(("transfer_vs_cdnv", f"{describe(y)} against target CDNV, {len(final)} "
+                     "trials as 2-D histograms (grey: trials per bin). Left: final epoch, "
+                     "least-squares trend on log CDNV with a bootstrap band. Right: every "
+                     f"evaluated epoch. The {dense.NAMED} best and {dense.NAMED} worst trials by "
+                     "final accuracy are named (right: their paths).",
+                     dense.transfer_vs_cdnv_dense(final, hist, y, rho_text, seed)))
+    elif c is not None and y and CDNV_TARGET in final:
         made.append(("transfer_vs_cdnv", f"{describe(y)} against target CDNV. Left: one point "
                      "per trial at its final epoch (bars: 95% CI over episodes), least-squares "
                      "trend on log CDNV with a bootstrap band. Right: the same trials over "
                      "training.", transfer_vs_cdnv(final, hist, y, c, rho_text, seed)))
-    if c is not None and any(collapse_key("cdnv", s) in hist for s in CDNV_SPLITS):
+    has_cdnv = any(collapse_key("cdnv", s) in hist for s in CDNV_SPLITS)
+    if c is not None and has_cdnv and many:
+        made.append(("cdnv_over_epochs", "CDNV of the three splits over training on a shared "
+                     f"log axis: median over the {len(final)} trials per epoch with 25–75% and "
+                     f"5–95% bands; the {dense.NAMED} best and worst trials by final accuracy as "
+                     "named lines.", cdnv_over_epochs(hist, c, final, y)))
+    elif c is not None and has_cdnv:
         made.append(("cdnv_over_epochs", "CDNV of the three splits over training, one line per "
                      "trial, on a shared log axis.", cdnv_over_epochs(hist, c)))
     if c is not None and params and targets:

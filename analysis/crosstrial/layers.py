@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from analysis import contract as names
 from analysis.crosstrial import correlate as corr
+from analysis.crosstrial import dense_figures as dense
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.plotting import log_axis, log_ticks
 from analysis.crosstrial.runs import describe
@@ -188,12 +189,15 @@ def depth_figure(final: pd.DataFrame, transfer: str) -> Figure:
     y = final[transfer].to_numpy(float)
     norm = Normalize(np.nanmin(y), max(np.nanmax(y), np.nanmin(y) + 1e-9))
     cmap = colormaps["viridis"]
-    for i, row in final.reset_index(drop=True).iterrows():
-        colour = cmap(norm(y[i])) if np.isfinite(y[i]) else "0.6"
-        acc = [100 * row.get(a, np.nan) for _, _, a in cols]
-        cdnv = [row.get(c, np.nan) for _, c, _ in cols]
-        ax_acc.plot(x, acc, color=colour, marker="o", ms=3, lw=1.1, alpha=0.85)
-        ax_cdnv.plot(x, cdnv, color=colour, marker="o", ms=3, lw=1.1, alpha=0.85)
+    if dense.is_dense(len(final)):
+        _depth_bands(ax_acc, ax_cdnv, final, transfer, cols, x)
+    else:
+        for i, row in final.reset_index(drop=True).iterrows():
+            colour = cmap(norm(y[i])) if np.isfinite(y[i]) else "0.6"
+            acc = [100 * row.get(a, np.nan) for _, _, a in cols]
+            cdnv = [row.get(c, np.nan) for _, c, _ in cols]
+            ax_acc.plot(x, acc, color=colour, marker="o", ms=3, lw=1.1, alpha=0.85)
+            ax_cdnv.plot(x, cdnv, color=colour, marker="o", ms=3, lw=1.1, alpha=0.85)
     shape = names.split_fewshot_key(transfer)[0]
     ax_acc.set_ylabel(f"{shape} NCC accuracy (%)")
     ax_cdnv.set_ylabel("target CDNV (log scale)")
@@ -204,6 +208,11 @@ def depth_figure(final: pd.DataFrame, transfer: str) -> Figure:
         ax.grid(True, which="major", alpha=0.3)
     ax_acc.set_title("Few-shot accuracy by depth", fontsize=11)
     ax_cdnv.set_title("Collapse on the new classes by depth", fontsize=11)
+    if dense.is_dense(len(final)):
+        dense.named_legend(fig, dense.NAMED, describe(transfer))
+        fig.suptitle(f"Where in the network, final epoch: median and quantile bands over "
+                     f"{len(final)} trials", fontsize=11)
+        return fig
     from matplotlib.cm import ScalarMappable
 
     cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[ax_acc, ax_cdnv], shrink=0.9,
@@ -212,6 +221,21 @@ def depth_figure(final: pd.DataFrame, transfer: str) -> Figure:
     fig.suptitle(f"Where in the network, final epoch: each line a trial ({len(final)} trials)",
                  fontsize=11)
     return fig
+
+
+def _depth_bands(ax_acc: Any, ax_cdnv: Any, final: pd.DataFrame, transfer: str,
+                 cols: list[tuple[str, str, str]], x: np.ndarray) -> None:
+    """Many trials: per tap, the median and quantile bands over trials, and the named best and
+    worst trials' own lines (analysis.crosstrial.dense_figures)."""
+    named = dense.extremes(final, transfer)
+    f = final.set_index("trial_index")
+    for ax, pick, scale in ((ax_acc, 2, 100.0), (ax_cdnv, 1, 1.0)):
+        blank = np.full(len(f), np.nan)  # rows: taps, columns: trials
+        table = pd.DataFrame([f[tap[pick]].to_numpy(float) if tap[pick] in f else blank
+                              for tap in cols], columns=f.index)
+        dense.bands(ax, x, scale * table.to_numpy(float), label=f"{len(final)} trials")
+        dense.named_lines(ax, table, named, scale=scale, x=x)
+    ax_acc.legend(loc="best", fontsize=8, frameon=False)
 
 
 def heatmap_figure(final: pd.DataFrame, history: pd.DataFrame, transfer: str) -> Figure | None:

@@ -172,3 +172,22 @@ def note(ax: Any, text: str, loc: str = "upper right") -> None:
           "lower right": (0.98, 0.03, "right", "bottom")}[loc]
     ax.text(xy[0], xy[1], text, transform=ax.transAxes, ha=xy[2], va=xy[3], fontsize=9,
             bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+
+
+def final_epoch_panel(ax: Any, x: np.ndarray, y: np.ndarray, y_label: str, title: str,
+                      rho_text: str = "", seed: int = 0) -> None:
+    """The final-epoch panel's trend (accuracy in % on log10 target CDNV, with its bootstrap
+    band and slope in the legend), axes, labels and the correlation note; the caller has drawn
+    the trials (points or bins)."""
+    fit = trend(ax, x, y, log_x=True, seed=seed)
+    if fit is not None:
+        slope = f"{fit[0]:+.1f}".replace("-", "−")
+        next(ln for ln in ax.lines if ln.get_gid() == "trend").set_label(
+            f"least-squares trend: {slope} percentage points per 10× CDNV")
+        ax.legend(loc="lower left", fontsize=8, frameon=False)
+    log_axis(ax)
+    ax.set_xlabel("target CDNV at the final epoch (log scale; lower = more collapse)")
+    ax.set_ylabel(f"{y_label} (%)")
+    ax.set_title(title, fontsize=11)
+    if rho_text:
+        note(ax, rho_text)

@@ -15,9 +15,7 @@ the cross-trial analysis uses and `note` says why the others are left out.
 
 from __future__ import annotations
 
-import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import pandas as pd
 from analysis import contract as names
 from analysis.contract import describe  # noqa: F401  (re-exported: the one labeller)
 from analysis.crosstrial import store
+from analysis.crosstrial.history_read import read_histories
 from analysis.crosstrial.store import check_tracking_uri, resolve_tracking_uri
 from analysis.errors import InputError
 
@@ -140,12 +139,12 @@ def load_study(name: str, tracking_uri: str | None = None,
         parent = max(parents, key=lambda r: r.info.start_time or 0)
         children = _search_all(client, exp.experiment_id,
                                f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        histories = _histories(client, children, parallel=not uri.startswith("sqlite"))
+        points = read_histories(client, uri, children, label=f"study {name}")
         space = _space(client, parent.info.run_id)
     except MlflowException as exc:
         raise InputError(f"tracking URI {uri!r}: MLflow could not read it: {exc}") from None
 
-    trials, history = _frames(children, histories)
+    trials, history = _frames(children, points)
     params = [c for c in trials.columns if c not in META and c not in _FLAG_COLUMNS]
     tags = dict(parent.data.tags)
     searched = _searched(tags, trials, params)
@@ -196,35 +195,16 @@ def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any
             return runs
 
 
-def _histories(client: Any, runs: list[Any], *, parallel: bool) -> list[dict[str, list[Any]]]:
-    """Full metric history of every (run, key); a remote server gets the calls in parallel."""
-    jobs = [(i, r.info.run_id, key) for i, r in enumerate(runs) for key in r.data.metrics]
-    out: list[dict[str, list[Any]]] = [{} for _ in runs]
-
-    def fetch(job: tuple[int, str, str]) -> tuple[int, str, list[Any]]:
-        i, run_id, key = job
-        return i, key, client.get_metric_history(run_id, key)
-
-    if parallel and len(jobs) > 1:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(fetch, jobs))
-    else:
-        results = [fetch(j) for j in jobs]
-    for i, key, metrics in results:
-        out[i][key] = metrics
-    return out
+def _values(v: np.ndarray) -> np.ndarray:
+    """MLflow's +/-max-float sentinels back to +/-inf."""
+    v = np.asarray(v, dtype=float).copy()
+    big = np.abs(v) >= _INF_SENTINEL
+    v[big] = np.copysign(np.inf, v[big])
+    return v
 
 
-def _value(v: float) -> float:
-    if abs(v) >= _INF_SENTINEL:
-        return math.copysign(math.inf, v)
-    return float(v)
-
-
-def _frames(runs: list[Any],
-            histories: list[dict[str, list[Any]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _frames(runs: list[Any], points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows: list[dict[str, Any]] = []
-    long: list[tuple[int, int, str, float, int]] = []
     order = sorted(range(len(runs)), key=lambda i: runs[i].info.start_time or 0)
     for pos, i in enumerate(order):
         run = runs[i]
@@ -238,15 +218,12 @@ def _frames(runs: list[Any],
             "trial_id": tags.get(store.TAG_TRIAL_ID, ""), "status": status,
             "error": tags.get(store.TAG_ERROR, ""), **run.data.params,
         })
-        for key, metrics in histories[i].items():
-            long.extend((index, int(m.step), key, _value(m.value), int(m.timestamp))
-                        for m in metrics)
     trials = pd.DataFrame(rows, columns=None if rows else [*META, "error"])
     if trials["trial_index"].duplicated().any():  # hand-made runs: fall back to start order
         trials["trial_index"] = range(len(trials))
     for col in trials.columns.difference([*META, "error"]):
         trials[col] = _coerce(trials[col])
-    history = _pivot(long, trials)
+    history = _pivot(points, trials)
     trials = _flag(trials.sort_values("trial_index").reset_index(drop=True), history)
     return trials, history
 
@@ -264,9 +241,13 @@ def _coerce(col: pd.Series) -> pd.Series:
     return s
 
 
-def _pivot(long: list[tuple[int, int, str, float, int]], trials: pd.DataFrame) -> pd.DataFrame:
-    cols = ["trial_index", "epoch", "key", "value", "timestamp"]
-    df = pd.DataFrame(long, columns=cols)
+def _pivot(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    index_of = dict(zip(trials["run_id"], trials["trial_index"], strict=True))
+    df = pd.DataFrame({"trial_index": points["run_id"].map(index_of),
+                       "epoch": points["step"].astype("int64"), "key": points["key"],
+                       "value": _values(points["value"].to_numpy()),
+                       "timestamp": points["timestamp"].astype("int64")})
+    df = df[df["trial_index"].notna()].astype({"trial_index": "int64"})
     # One value per step: a resumed trial may have logged a step twice; the later write wins.
     df = df.sort_values("timestamp", kind="stable").drop_duplicates(
         ["trial_index", "epoch", "key"], keep="last")
@@ -279,8 +260,9 @@ def _pivot(long: list[tuple[int, int, str, float, int]], trials: pd.DataFrame) -
 
 def _flag(trials: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     flags: list[dict[str, Any]] = []
+    by_trial = dict(iter(history.groupby("trial_index", sort=False)))
     for t in trials.itertuples():
-        h = history[history["trial_index"] == t.trial_index]
+        h = by_trial.get(t.trial_index, history.iloc[:0])
         planned = getattr(t, "epochs", None)
         planned = int(planned) if planned is not None and not pd.isna(planned) else None
         trained = h.loc[h[TRAIN_METRIC].notna(), "epoch"] if TRAIN_METRIC in h else h["epoch"]
