@@ -253,7 +253,8 @@ def leaderboard_table(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0,
             rows += [{**head, "method": e.method, "estimate": e.estimate, "ci_low": e.ci_low,
                       "ci_high": e.ci_high, "n_trials": e.n_trials,
                       "reason": "the baseline is the control" if cand == BASELINE
-                      and e.method == "partial_spearman" else e.reason}
+                      and e.method == "partial_spearman"
+                      else e.reason or str(getattr(e, "why", "") or "")}
                      for e in res.values()]
             tw, tb = _taus(x, y, counts)
             taus[cand, target] = TauW(tw.estimate, tw.ci_low, tw.ci_high, tw.replicates,

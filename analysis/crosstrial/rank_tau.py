@@ -119,18 +119,17 @@ def _harmonic(m: int) -> np.ndarray:
     return _HARMONIC
 
 
-def _half(counts: np.ndarray, s: np.ndarray, order: np.ndarray, dx: np.ndarray,
-          dy: np.ndarray) -> np.ndarray:
-    """tau_w ranked by `order` (decreasing lexicographic); dx, dy: N - tie-group sizes."""
+def _half(counts: np.ndarray, order: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """tau_w ranked by `order` (decreasing lexicographic); counts: (B, n) integers; parts:
+    (B, n, 3) = S, N - x tie-group size, N - y tie-group size."""
     c = counts[:, order]
-    cum = np.cumsum(c, axis=1).astype(np.int64)
+    cum = np.cumsum(c, axis=1)
     harmonic = _harmonic(int(cum[:, -1].max()))
     w = np.empty(counts.shape)
-    w[:, order] = harmonic[cum] - harmonic[cum - c.astype(np.int64)]
+    w[:, order] = harmonic[cum] - harmonic[cum - c]
+    num, vx, vy = (w[:, None, :] @ parts)[:, 0, :].T
     with np.errstate(invalid="ignore", divide="ignore"):
-        tau = np.einsum("bi,bi->b", w, s) / np.sqrt(np.einsum("bi,bi->b", w, dx)
-                                                     * np.einsum("bi,bi->b", w, dy))
-    return np.clip(tau, -1.0, 1.0)
+        return np.clip(num / np.sqrt(vx * vy), -1.0, 1.0)
 
 
 def taus(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,15 +147,14 @@ def taus(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, 
     if counts.shape[1] != len(x) or (counts < 0).any():
         raise ValueError(f"counts: need shape (B, {len(x)}) of non-negative draw counts")
     geo = Geometry(x, y)
-    s = geo.concordance(counts)
     total = counts.sum(1)[:, None]
-    dx = total - _group_sum(counts, geo.x_group)
-    dy = total - _group_sum(counts, geo.y_group)
-    tw = (_half(counts, s, geo.by_xy, dx, dy) + _half(counts, s, geo.by_yx, dx, dy)) / 2
+    parts = np.stack([geo.concordance(counts), total - _group_sum(counts, geo.x_group),
+                      total - _group_sum(counts, geo.y_group)], axis=2)
+    whole = counts.astype(np.int64)
+    tw = (_half(whole, geo.by_xy, parts) + _half(whole, geo.by_yx, parts)) / 2
+    num, vx, vy = (counts[:, None, :] @ parts)[:, 0, :].T
     with np.errstate(invalid="ignore", divide="ignore"):
-        tb = np.einsum("bi,bi->b", counts, s) / np.sqrt(np.einsum("bi,bi->b", counts, dx)
-                                                        * np.einsum("bi,bi->b", counts, dy))
-    return tw, np.clip(tb, -1.0, 1.0)
+        return tw, np.clip(num / np.sqrt(vx * vy), -1.0, 1.0)
 
 
 def weighted_tau(x: np.ndarray, y: np.ndarray) -> np.ndarray:
