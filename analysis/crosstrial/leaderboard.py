@@ -16,7 +16,7 @@ Kendall tau-b and tau_w from `rank_tau`, by sorting, on one set of trial resampl
 every candidate and the baseline, so the verdict can compare the winner with the baseline
 adjusting for how many candidates competed (`simultaneous`, a max-statistic bootstrap). A
 series logged under two names is one candidate. The replicate count shrinks with the study's
-size (`replicate_count`) so a 1,000-trial leaderboard stays within seconds, not hours.
+size (`replicate_count`; timed by benchmarks/leaderboard_scaling.py).
 """
 
 from __future__ import annotations
