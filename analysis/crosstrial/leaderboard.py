@@ -11,9 +11,12 @@ Orientation: each candidate is multiplied by +1 (higher = better transfer expect
 = better: CDNV, NC1, NCTI's within-class spread) before ranking, so a positive correlation always
 means "ranks the trials the right way round"; the table states the orientation.
 
-Rank correlations and their intervals reuse `analysis.crosstrial.correlate` (same weighted
-bootstrap replicates for every method); tau_w is evaluated on the same replicates, expanded to
-index draws, because scipy's weightedtau takes no sample weights.
+Spearman and partial Spearman and their intervals come from `analysis.crosstrial.correlate`;
+Kendall tau-b and tau_w from `rank_tau`, by sorting, on one set of trial resamples shared by
+every candidate and the baseline, so the verdict can compare the winner with the baseline
+adjusting for how many candidates competed (`simultaneous`, a max-statistic bootstrap). A
+series logged under two names is one candidate. The replicate count shrinks with the study's
+size (`replicate_count`; timed by benchmarks/leaderboard_scaling.py).
 """
 
 from __future__ import annotations
@@ -22,19 +25,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis import contract as names
 from analysis.crosstrial import correlate as corr
+from analysis.crosstrial import rank_tau, simultaneous
 from analysis.crosstrial.runs import describe
 
 BASELINE = names.SOURCE_TEST_ACC
 POOLED_NCTI = "ncti_pooled"  # formed here across trials, not a logged metric
-METHODS = ("spearman", "kendall", "partial_spearman")
+METHODS = ("spearman", "partial_spearman")  # through correlate; kendall and tau_w: rank_tau
+MIN_REPLICATES = 200
+# The "clearly better than the baseline" bound: one-sided 97.5%, as the two-sided 95% interval
+# it replaces; at the nominal 95% the bootstrap-t claimed it in 7.8% of 1000 null studies of 16
+# trials (tests/analysis/crosstrial/test_calibration_leaderboard.py).
+CLAIM_LEVEL = 0.975
+WORK_BUDGET = 4e8  # replicates x pairs x n log2 n: ~400 at 256 trials x 480 pairs
 COLUMNS = ["candidate", "kind", "orientation", "transfer", "method", "estimate", "ci_low",
-           "ci_high", "n_trials", "reason"]
-
-
+           "ci_high", "n_trials", "reason", "aliases"]
 
 
 def label(name: str) -> str:
@@ -95,131 +102,200 @@ def with_pooled_ncti(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.copy().assign(**{POOLED_NCTI: pooled})
 
 
-def _tau_ordered(key: np.ndarray, other: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """One half of weightedtau: ranks by decreasing lexicographic (key, other), per row."""
-    perm = np.lexsort((other, key), axis=-1)[:, ::-1]
-    w = 1.0 / (np.argsort(perm, axis=-1) + 1.0)  # hyperbolic weigher of the rank (0 = top)
-    iu = np.triu_indices(x.shape[1], 1)
-    weight = (w[:, :, None] + w[:, None, :])[:, iu[0], iu[1]]  # additive: w(r_i) + w(r_j)
-    sx = np.sign(x[:, :, None] - x[:, None, :])[:, iu[0], iu[1]]
-    sy = np.sign(y[:, :, None] - y[:, None, :])[:, iu[0], iu[1]]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (weight * sx * sy).sum(1) / np.sqrt((weight * sx * sx).sum(1)
-                                                   * (weight * sy * sy).sum(1))
+def replicate_count(n_trials: int, n_pairs: int, n_boot: int) -> int:
+    """Bootstrap replicates for a leaderboard of `n_pairs` (candidate, accuracy) pairs.
+
+    Each replicate costs about n log2 n per pair (rank_tau, correlate's ranks), so the count is
+    `n_boot` while WORK_BUDGET / (n_pairs n log2 n) allows it, never fewer than MIN_REPLICATES:
+    2000 at the demo's 16 trials x 14 candidates x 4 accuracies, about 400 at 256 trials and
+    200 at 1,000 trials x 60 candidates x 8 accuracies (benchmarks/leaderboard_scaling.py).
+    """
+    work = max(1, n_pairs) * max(2, n_trials) * np.log2(max(2, n_trials))
+    return int(min(n_boot, max(MIN_REPLICATES, WORK_BUDGET // work)))
 
 
 def weighted_tau(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """scipy.stats.weightedtau(x[b], y[b]) for every row b of (B, n) arrays, vectorised.
-
-    Vigna's additive hyperbolic tau_w (scipy's defaults): a pair (i, j) weighs
-    1/(r_i + 1) + 1/(r_j + 1) for ranks r by decreasing value; tau_w = sum W s_x s_y /
-    sqrt(sum W s_x^2 sum W s_y^2) with s = sign of the differences; ranked once by (x, y) and
-    once by (y, x), averaged. Written out because scipy's takes one sample per call (about 1 ms
-    each): a leaderboard's bootstrap needs tens of thousands. Tested against scipy.
-    """
-    x, y = np.atleast_2d(x), np.atleast_2d(y)
-    return (_tau_ordered(x, y, x, y) + _tau_ordered(y, x, x, y)) / 2
+    """scipy.stats.weightedtau(x[b], y[b]) for every row b of (B, n) arrays (rank_tau, by
+    sorting: Vigna 2015's additive hyperbolic tau_w, scipy's defaults). Tested against scipy."""
+    return rank_tau.weighted_tau(x, y)
 
 
 @dataclass(frozen=True)
 class TauW:
-    """tau_w with its percentile interval and the bootstrap replicates (for paired contrasts)."""
+    """tau_w with its percentile interval and the bootstrap replicates (for paired contrasts);
+    `aliases`: other names under which the very same series was logged (counted once)."""
 
     estimate: float
     ci_low: float
     ci_high: float
     replicates: np.ndarray
+    aliases: tuple[str, ...] = ()
+
+
+def _percentile_ci(reps: np.ndarray) -> tuple[float, float]:
+    """np.percentile(finite reps, [2.5, 97.5]) (linear interpolation), without its overhead."""
+    ok = np.sort(reps[np.isfinite(reps)])
+    if not len(ok):
+        return float("nan"), float("nan")
+    pos = np.array([0.025, 0.975]) * (len(ok) - 1)
+    i = np.floor(pos).astype(int)
+    j = np.minimum(i + 1, len(ok) - 1)
+    lo, hi = ok[i] + (pos - i) * (ok[j] - ok[i])
+    return float(lo), float(hi)
+
+
+def _taus(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[TauW, TauW]:
+    """tau_w and Kendall tau-b of (x, y) with 95% percentile intervals over the resamples
+    `counts` (B, n): draws of all trials, the same for every candidate; trials where x or y is
+    missing are dropped from each resample (so every candidate stays paired with the baseline).
+    """
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    nan = float("nan")
+    if len(x) < corr.MIN_TRIALS or np.ptp(x) == 0 or np.ptp(y) == 0:
+        empty = TauW(nan, nan, nan, np.full(len(counts), nan))
+        return empty, empty
+    both = rank_tau.taus(x, y, np.vstack([np.ones(len(x)), counts[:, keep]]))  # row 0: sample
+    out = []
+    for est, reps in ((t[:1], t[1:]) for t in both):
+        lo, hi = _percentile_ci(reps) if len(x) >= corr.MIN_BOOT_TRIALS else (nan, nan)
+        out.append(TauW(float(est[0]), float(lo), float(hi), reps))
+    return out[0], out[1]
+
+
+def _why_not(x: np.ndarray, y: np.ndarray) -> str:
+    """Why tau_w / tau-b has no estimate or no interval ('' if it has both)."""
+    keep = np.isfinite(x) & np.isfinite(y)
+    n = int(keep.sum())
+    if n < corr.MIN_TRIALS:
+        return f"{n} trial(s) with both metrics; at least {corr.MIN_TRIALS} needed"
+    for what, v in (("first metric", x[keep]), ("second metric", y[keep])):
+        if np.ptp(v) == 0:
+            return f"the {what} is constant over the {n} trials"
+    return (f"{n} trials are too few for a bootstrap interval" if n < corr.MIN_BOOT_TRIALS
+            else "")
 
 
 def tau_w(x: np.ndarray, y: np.ndarray, *, n_boot: int, seed: int) -> TauW:
     """tau_w of (x, y) over trials with a 95% percentile interval on the same replicates as
     `correlate.correlate` uses (cluster_weights with the same seed)."""
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    nan = float("nan")
-    if len(x) < corr.MIN_TRIALS or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return TauW(nan, nan, nan, np.full(n_boot, nan))
-    est = float(stats.weightedtau(x, y).statistic)
     counts = corr.cluster_weights(np.arange(len(x)), n_boot, np.random.default_rng(seed))
-    idx = np.stack([np.repeat(np.arange(len(x)), c) for c in counts.astype(int)])
-    reps = weighted_tau(x[idx], y[idx])
-    lo, hi = (np.nanpercentile(reps, [2.5, 97.5]) if len(x) >= corr.MIN_BOOT_TRIALS
-              else (nan, nan))
-    return TauW(est, float(lo), float(hi), reps)
+    return _taus(np.asarray(x, float), np.asarray(y, float), counts)[0]
+
+
+def aliases(frame: pd.DataFrame, cands: list[str]) -> dict[str, list[str]]:
+    """{kept candidate: [the other names of the very same series]}: a series logged under two
+    names (at the default taps `layer/layer4/<stat>/<split>` is the penultimate `<stat>/<split>`)
+    is one candidate; the first name in `candidates` order is kept."""
+    kept: dict[str, list[str]] = {}
+    seen: dict[bytes, str] = {}
+    for c in cands:
+        v = orientation(c) * frame[c].to_numpy(float)
+        key = np.where(np.isnan(v), np.inf, v + 0.0).tobytes()  # +0.0: -0.0 == 0.0
+        if key in seen:
+            kept[seen[key]].append(c)
+        else:
+            seen[key], kept[c] = c, []
+    return kept
 
 
 def leaderboard_table(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0,
-                      tau_boot: int | None = None) -> tuple[pd.DataFrame, dict[tuple[str, str],
-                                                                                   TauW]]:
+                      tau_boot: int | None = None, methods: tuple[str, ...] = METHODS,
+                      ) -> tuple[pd.DataFrame, dict[tuple[str, str], TauW]]:
     """Every (candidate, few-shot accuracy, method) over the trials of `frame` (one row per
     trial, its final epoch), oriented; and the tau_w replicates per (candidate, transfer).
 
+    Aliases (the same series under two names) are one candidate, named in `aliases`.
+
     Args:
         frame: usable trials at their final epoch (StudyRuns.usable).
-        n_boot: bootstrap replicates for Spearman, Kendall and partial Spearman.
-        tau_boot: replicates for tau_w (default n_boot // 4, at least 200: it is evaluated
-            replicate by replicate).
+        n_boot: the most bootstrap replicates for every method (fewer for large studies:
+            `replicate_count`).
+        tau_boot: replicates, overriding `replicate_count` (tests).
+        methods: correlate's methods to add (() leaves Spearman and partial Spearman out: the
+            calibration simulations need only tau_w).
     """
     frame = with_pooled_ncti(frame)
-    tau_boot = tau_boot or max(200, n_boot // 4)
+    kept = aliases(frame, candidates(frame))
+    targets = corr.transfer_columns(frame)
+    n_rep = tau_boot or replicate_count(len(frame), len(kept) * len(targets), n_boot)
     control = frame[BASELINE].to_numpy(float) if BASELINE in frame else None
-    groups = frame["trial_index"].to_numpy() if "trial_index" in frame else None
+    groups = frame["trial_index"].to_numpy() if "trial_index" in frame else np.arange(len(frame))
+    counts = corr.cluster_weights(groups, n_rep, np.random.default_rng(seed))
     rows, taus = [], {}
-    for cand in candidates(frame):
+    ys = {t: frame[t].to_numpy(float) for t in targets}
+    for cand, also in kept.items():
         sign = orientation(cand)
         x = sign * frame[cand].to_numpy(float)
-        for target in corr.transfer_columns(frame):
-            y = frame[target].to_numpy(float)
+        for target, y in ys.items():
             res = corr.correlate(x, y, groups=groups, control=None if cand == BASELINE
-                                 else control, methods=METHODS, n_boot=n_boot, seed=seed)
+                                 else control, methods=methods, n_boot=n_rep,
+                                 seed=seed) if methods else {}
             head = {"candidate": cand, "kind": _kind(cand),
                     "orientation": "higher is better" if sign > 0 else "lower is better",
-                    "transfer": target}
+                    "transfer": target, "aliases": "; ".join(also)}
             rows += [{**head, "method": e.method, "estimate": e.estimate, "ci_low": e.ci_low,
                       "ci_high": e.ci_high, "n_trials": e.n_trials,
                       "reason": "the baseline is the control" if cand == BASELINE
-                      and e.method == "partial_spearman" else e.reason}
+                      and e.method == "partial_spearman"
+                      else e.reason or str(getattr(e, "why", "") or "")}
                      for e in res.values()]
-            tw = taus[cand, target] = tau_w(x, y, n_boot=tau_boot, seed=seed)
-            rows.append({**head, "method": "weighted_tau", "estimate": tw.estimate,
-                         "ci_low": tw.ci_low, "ci_high": tw.ci_high,
-                         "n_trials": int((np.isfinite(x) & np.isfinite(y)).sum()), "reason": ""})
+            tw, tb = _taus(x, y, counts)
+            taus[cand, target] = TauW(tw.estimate, tw.ci_low, tw.ci_high, tw.replicates,
+                                      tuple(also))
+            n_ok = int((np.isfinite(x) & np.isfinite(y)).sum())
+            rows += [{**head, "method": m, "estimate": t.estimate, "ci_low": t.ci_low,
+                      "ci_high": t.ci_high, "n_trials": n_ok, "reason": _why_not(x, y)}
+                     for m, t in (("kendall", tb), ("weighted_tau", tw))]
     return pd.DataFrame(rows, columns=COLUMNS), taus
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The leaderboard's answer for one few-shot accuracy."""
+    """The leaderboard's answer for one few-shot accuracy.
+
+    `diff_ci` is (the winner's simultaneous 97.5% lower bound, +inf) for tau_w(candidate) -
+    tau_w(baseline), one bound per candidate over all `n_compared` of them
+    (simultaneous.max_t_intervals, one-sided), so it accounts for the winner having been picked
+    as the best of many.
+    """
 
     transfer: str
     winner: str
     winner_tau_w: TauW
     baseline_tau_w: TauW | None
-    diff_ci: tuple[float, float]  # paired bootstrap interval of tau_w(winner) - tau_w(baseline)
+    diff_ci: tuple[float, float]
     n_candidates: int = 0
+    n_compared: int = 0
+    n_aliases: int = 0
 
     @property
     def separates(self) -> bool:
-        """Whether the winner's tau_w is clearly above the baseline's (paired interval > 0)."""
+        """Whether the winner's tau_w is clearly above the baseline's (its simultaneous lower
+        bound on the difference above 0)."""
         return bool(np.isfinite(self.diff_ci[0]) and self.diff_ci[0] > 0)
 
 
 def verdict(taus: dict[tuple[str, str], TauW], transfer: str) -> Verdict | None:
     """The candidate with the highest tau_w against `transfer`, and how it compares with the
-    baseline (source test accuracy) on the same bootstrap replicates."""
+    baseline (source test accuracy): its row of the max-t simultaneous lower bounds over every
+    candidate's difference from the baseline on the same bootstrap resamples."""
     mine = {c: t for (c, y), t in taus.items() if y == transfer and np.isfinite(t.estimate)}
     if not mine:
         return None
     winner = max(mine, key=lambda c: mine[c].estimate)
     base = mine.get(BASELINE)
+    n_alias = sum(len(t.aliases) for t in mine.values())
     diff: tuple[float, float] = (float("nan"), float("nan"))
-    if base is not None and winner != BASELINE and np.isfinite(mine[winner].ci_low):
-        d = mine[winner].replicates - base.replicates
-        d = d[np.isfinite(d)]
-        if len(d):
-            lo, hi = np.percentile(d, [2.5, 97.5])
-            diff = (float(lo), float(hi))
-    return Verdict(transfer, winner, mine[winner], base, diff, len(mine))
+    rivals = [c for c in mine if c != BASELINE and np.isfinite(mine[c].ci_low)]
+    n_compared = 0
+    if base is not None and winner != BASELINE and winner in rivals:
+        d = np.array([mine[c].estimate - base.estimate for c in rivals])
+        reps = np.stack([mine[c].replicates - base.replicates for c in rivals])
+        sim = simultaneous.max_t_intervals(d, reps, level=CLAIM_LEVEL, one_sided=True)
+        i = rivals.index(winner)
+        diff, n_compared = (float(sim.low[i]), float(sim.high[i])), len(rivals)
+    return Verdict(transfer, winner, mine[winner], base, diff, len(mine), n_compared, n_alias)
 
 
 def verdict_sentence(v: Verdict | None) -> str:
@@ -227,7 +303,9 @@ def verdict_sentence(v: Verdict | None) -> str:
     if v is None:
         return "No predictor could be ranked: too few trials with both it and a few-shot accuracy."
     w = corr.format_ci(v.winner_tau_w.estimate, v.winner_tau_w.ci_low, v.winner_tau_w.ci_high)
-    line = (f"Of {v.n_candidates} candidates, {label(v.winner)} ranks the trials by "
+    same = (f" ({v.n_aliases} series logged under a second name counted once)"
+            if v.n_aliases else "")
+    line = (f"Of {v.n_candidates} candidates{same}, {label(v.winner)} ranks the trials by "
             f"{describe(v.transfer)} best: weighted Kendall τ_w {w} (picked as the best of "
             "many, so its own interval is optimistic).")
     if v.winner == BASELINE:
@@ -238,12 +316,15 @@ def verdict_sentence(v: Verdict | None) -> str:
     base = corr.format_ci(b.estimate, b.ci_low, b.ci_high)
     if not np.isfinite(v.diff_ci[0]):
         return line + f" Source test accuracy: τ_w {base}; too few trials to tell them apart."
-    gap = corr.format_ci(v.winner_tau_w.estimate - b.estimate, *v.diff_ci)
+    est, low = (f"{u:+.2f}".replace("-", "−") for u in (v.winner_tau_w.estimate - b.estimate,
+                                                         v.diff_ci[0]))
+    gap = (f"{est}, at least {low} (a 95% lower bound adjusted for comparing all "
+           f"{v.n_compared} candidates with it: max-statistic bootstrap, Romano & Wolf 2005)")
     if v.separates:
         return line + (f" That is clearly better than source test accuracy (τ_w {base}): the "
-                       f"paired difference {gap} excludes 0.")
-    return line + (f" It does not separate from source test accuracy (τ_w {base}): the paired "
-                   f"difference {gap} includes 0.")
+                       f"difference is {gap}.")
+    return line + (f" It does not separate from source test accuracy (τ_w {base}): the "
+                   f"difference is {gap}, which does not exclude 0.")
 
 
 def slug(name: str) -> str:
@@ -265,17 +346,29 @@ def parent_metrics(v: Verdict | None, taus: dict[tuple[str, str], TauW]) -> dict
     return out
 
 
+def _cell(est: float, lo: float, hi: float) -> str:
+    """'estimate [95% CI]'; '—' for no estimate, 'estimate [no interval]' for NaN bounds."""
+    if not np.isfinite(est):
+        return "—"
+    return corr.format_ci(est, lo, hi) + ("" if np.isfinite(lo) and np.isfinite(hi)
+                                          else " [no interval]")
+
+
 def leaderboard_view(table: pd.DataFrame, transfer: str) -> pd.DataFrame:
     """One row per candidate against `transfer`, best tau_w first: each method as
-    'estimate [95% CI]', and the orientation used."""
+    'estimate [95% CI]', the orientation used, and the other names of the same series."""
     t = table[table["transfer"] == transfer]
     if t.empty:
         return pd.DataFrame()
-    t = t.assign(text=[corr.format_ci(e, lo, hi) for e, lo, hi in
+    t = t.assign(text=[_cell(e, lo, hi) for e, lo, hi in
                        zip(t["estimate"], t["ci_low"], t["ci_high"], strict=True)])
     wide = t.pivot_table(index=["candidate", "orientation"], columns="method", values="text",
                          aggfunc="first").reset_index()
     order = t[t["method"] == "weighted_tau"].set_index("candidate")["estimate"]
     wide = wide.assign(_o=wide["candidate"].map(order)).sort_values("_o", ascending=False)
     cols = ["candidate", "orientation", "weighted_tau", "spearman", "kendall", "partial_spearman"]
-    return wide[[c for c in cols if c in wide]].reset_index(drop=True)
+    view = wide[[c for c in cols if c in wide]].reset_index(drop=True)
+    also = t.drop_duplicates("candidate").set_index("candidate").get("aliases")
+    if also is not None and (also.fillna("") != "").any():
+        view["same series as"] = view["candidate"].map(also).fillna("")
+    return view

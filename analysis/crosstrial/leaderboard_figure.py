@@ -44,8 +44,10 @@ def forest_plot(table: pd.DataFrame, transfer: str) -> Figure:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("oriented: > 0 ranks trials the right way round", fontsize=8)
         ax.grid(True, axis="x", alpha=0.3)
-    labels = [candidate_label(c, str(tw.set_index("candidate").loc[c, "orientation"]))
-              for c in order]
+    by = tw.set_index("candidate")
+    also = by["aliases"].fillna("") if "aliases" in by else pd.Series("", index=by.index)
+    labels = [candidate_label(c, str(by.loc[c, "orientation"]))
+              + (f" (= {also[c]})" if also[c] else "") for c in order]
     first = np.atleast_1d(axes)[0]
     first.set_yticks(np.arange(len(order)), labels, fontsize=8)
     handles = [first.plot([], [], "o", color=c, label=k)[0] for k, c in KIND_COLOURS.items()

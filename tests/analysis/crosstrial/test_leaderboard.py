@@ -36,7 +36,7 @@ def planted_study(uri: str, *, knn_noise: float = 0.002, ncti_noise: float = 0.0
         t = synth_trial({"weight_decay": float(10 ** rng.uniform(-5, -2))},
                         cdnv_final=float(0.5 * np.exp(-3 * a + rng.normal(0, 0.4))),
                         acc_final=float(a), src_acc_final=float(0.5 + 0.4 * a
-                                                                 + rng.normal(0, 0.08)),
+                                                                 + rng.normal(0, 0.15)),
                         epochs=2, rng=rng)
         final = max(t.metrics["source/test_acc"])
         for name, value in {
