@@ -107,7 +107,7 @@ def build(uri: str, n_trials: int, epochs: int, seed: int = 0,
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from study import tracking
+    from study.run import tracking
 
     t0 = time.perf_counter()
     tracking.tracking_defaults()
