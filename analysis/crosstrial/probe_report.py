@@ -138,7 +138,7 @@ def side_by_side(table: pd.DataFrame, name: str) -> pd.DataFrame:
     out: dict[str, dict[str, str]] = {}
     label = {"spearman": "Spearman", "partial_spearman": "partial (given source acc)"}
     for r in table.itertuples():
-        cell = corr.format_ci(r.estimate, r.ci_low, r.ci_high) + f" (n={r.n_trials})"
+        cell = corr.cell(r) + f" (n={r.n_trials})"
         row = r.predictor.removeprefix(contract.probe_key(name, ""))
         out.setdefault(row, {})[f"{r.domain}: {label[r.method]}"] = cell
     frame = pd.DataFrame.from_dict(out, orient="index").fillna("")
@@ -161,10 +161,13 @@ def clear(e: pd.Series | None) -> bool:
 
 def ci(e: pd.Series, unit: str = "trials") -> str:
     """`−0.81 [−0.92, −0.62], p = 0.003` (no interval: says how many trials there were)."""
+    if corr.cell(e).startswith("withheld"):
+        return f"not estimated ({e.reason})"
     text = corr.format_ci(e.estimate, e.ci_low, e.ci_high)
     p = "n/a" if not np.isfinite(e.p_value) else ("< 0.001" if e.p_value < 0.001
                                                   else f"= {e.p_value:.3f}")
-    extra = "" if np.isfinite(e.ci_low) else f", no interval with {e.n_trials} {unit}"
+    extra = "" if np.isfinite(e.ci_low) else (f", no interval: {e.reason}" if e.reason else
+                                              f", no interval with {e.n_trials} {unit}")
     return f"{text}, p {p}{extra}"
 
 

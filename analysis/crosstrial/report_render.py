@@ -78,7 +78,7 @@ def _corr_view(c: pd.DataFrame) -> pd.DataFrame:
     for (x, y), g in c.groupby(["collapse", "transfer"], sort=False):
         by = {r.method: r for r in g.itertuples()}
         sp = by.get("spearman")
-        rows.append({"collapse": x, "transfer": y, **{m: ci_text(r) for m, r in by.items()},
+        rows.append({"collapse": x, "transfer": y, **{m: corr.cell(r) for m, r in by.items()},
                      "p (Spearman)": pval(sp.p_value) if sp else "",
                      "n_trials": sp.n_trials if sp else "", "n": sp.n if sp else "",
                      "note": "; ".join(dict.fromkeys(r.reason for r in by.values() if r.reason))})
