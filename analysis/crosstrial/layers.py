@@ -4,7 +4,7 @@ Trials log, at every tap of the backbone (a stage's pooled output, `trainables.t
 CDNV and few-shot NCC accuracy (`layer/<tap>/cdnv/target`, `layer/<tap>/fewshot/<shape>/ncc/acc`).
 Across trials at their final epoch this module correlates, per tap, (a) that tap's target CDNV
 and (b) that tap's own NCC accuracy with the study's headline few-shot accuracy (penultimate
-features): Spearman with a 95% cluster-bootstrap interval and the partial Spearman given source
+features): Spearman with a 95% Fisher-z interval and the partial Spearman given source
 accuracy, through `analysis.crosstrial.correlate` (the same machinery as the main table). Kornblith
 et al. (NeurIPS 2021) and Masarczyk et al. (NeurIPS 2023, "tunnel effect") found that later layers
 compress and can lose transferable information; the figures show whether these trials do:

@@ -4,7 +4,7 @@
 epoch). Here the study's usual question is asked twice across trials, side by side: with the
 in-domain few-shot accuracy (the study's own target classes) as the transfer target, and with
 the probe's few-shot accuracy on the new domain. Every predictor gets the Spearman correlation
-and the partial Spearman given source test accuracy, each with a 95% cluster-bootstrap interval
+and the partial Spearman given source test accuracy, each with a 95% Fisher-z interval
 over trials (`analysis.crosstrial.correlate.correlate`, the study report's own code path). A zoo
 of pretrained models has no source classes: only the probe side is asked there (collapse on
 the new domain against transfer to it, across models).
@@ -198,7 +198,7 @@ def verdict(frame: pd.DataFrame, table: pd.DataFrame, name: str, zoo: bool) -> l
             f"Spearman with {yname} {ci(away)}")
     if home is not None and np.isfinite(home.estimate):
         text += f"; in-domain it was {ci(home)}"
-    out.append(text + " (95% intervals, bootstrap over trials; negative = more collapse, "
+    out.append(text + " (95% intervals, Fisher z over trials; negative = more collapse, "
                "better transfer).")
     part = pick(table, "probe", HEADLINE, "partial_spearman")
     if part is not None and np.isfinite(part.estimate):
@@ -263,7 +263,7 @@ def render_markdown(study: str, name: str, lines: list[str], wide: pd.DataFrame,
                 (c.endswith("/ncc/acc") or "/cdnv/" in c))]
     parts = [f"# Probe '{name}' of study '{study}'", "", *[f"- {line}" for line in lines], "",
              "## Does collapse predict transfer, in-domain and on the probe's domain?", "",
-             f"Spearman and partial Spearman with 95% bootstrap intervals over trials, against "
+             f"Spearman and partial Spearman with 95% Fisher-z intervals over trials, against "
              f"5-way 5-shot NCC accuracy on the study's own target classes (in-domain) and on "
              f"'{name}' (probe). Rows measured on a target (cdnv/target, layer/..., "
              f"transfer/...) read each side's own target; a negative CDNV correlation means "

@@ -192,8 +192,7 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
         out.append(fisherz.power_sentence(ps.n_trials))
     out = [line for line in out if line]
     if 5 <= n < 10:
-        out.append(f"With only {n} trials the intervals are wide, and percentile bootstrap "
-                   "intervals tend to run too narrow at this size: treat this as preliminary.")
+        out.append(f"With only {n} trials the intervals are wide: treat this as preliminary.")
     elif 10 <= n < 20:
         out.append(f"{n} trials is a modest sample: read the intervals, not the point estimates.")
     epochs = usable["final_epoch"].dropna()

@@ -144,7 +144,7 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
         {"id": "layers", "title": "Where in the network", "lines": t["layer_lines"],
          "figures": ["layers_by_depth", "layers_heatmap"],
          "tables": [_table(f"Per tap, across trials at their final epoch: its target CDNV and "
-                           f"its own NCC accuracy against {y} (95% bootstrap intervals; "
+                           f"its own NCC accuracy against {y} (95% Fisher-z intervals; "
                            "partial: at equal source accuracy)",
                            layer_view(t["layers"]).assign(p=lambda d: d["p"].map(pval)))]},
         {"id": "leaderboard", "title": "Which statistic ranks transfer best?",
@@ -152,8 +152,7 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
          "figures": ["leaderboard"],
          "tables": [_table(f"Every candidate against {y} across trials at their final epoch, "
                            "oriented so that > 0 ranks trials the right way round (95% "
-                           "bootstrap intervals over trials; partial: at equal source "
-                           "accuracy); best τ_w first", leaderboard_view(t["leaderboard"], y)
+                           "intervals over trials; partial: at equal source accuracy); best τ_w first", leaderboard_view(t["leaderboard"], y)
                            if y and "leaderboard" in t else pd.DataFrame())]},
         {"id": "bound", "title": "The bounds against the observed error",
          "lines": t.get("bound_unchecked", []),
