@@ -152,7 +152,8 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
          "figures": ["leaderboard"],
          "tables": [_table(f"Every candidate against {y} across trials at their final epoch, "
                            "oriented so that > 0 ranks trials the right way round (95% "
-                           "intervals over trials; partial: at equal source accuracy); best τ_w first", leaderboard_view(t["leaderboard"], y)
+                           "bootstrap intervals over trials; partial: at equal source "
+                           "accuracy); best τ_w first", leaderboard_view(t["leaderboard"], y)
                            if y and "leaderboard" in t else pd.DataFrame())]},
         {"id": "bound", "title": "The bounds against the observed error",
          "lines": t.get("bound_unchecked", []),
