@@ -10,6 +10,20 @@ replicate, hence the hand-written, vectorised weighted ranks / Pearson / Kendall
 Methods (registry `METHODS`): spearman, kendall (tau-b), pearson_log (Pearson on log10 of the
 collapse metric, whose scale is multiplicative), partial_spearman (Spearman of x and y after
 removing the linear effect of the ranks of a control, source test accuracy by default).
+
+Intervals and tests. Over independent trials (one point per trial), spearman and partial_spearman
+take their interval AND their p-value from one method, the Fisher-z interval and Wald test with
+the Bonett–Wright variance (analysis.crosstrial.fisherz, where the choice is measured): the two
+never contradict each other and the estimate always lies inside its interval. The other methods,
+and every method over pooled (trial, epoch) points, use the percentile cluster bootstrap.
+
+When the partial correlation cannot be estimated it says so instead of printing an interval
+(`reason`): when the control ranks either variable with |Spearman| >= CONTROL_RHO_MAX the
+residual ranks are a handful of swapped neighbours and these trials cannot separate a direct link
+from "better source models do both"; when more than MAX_DEGENERATE of the bootstrap resamples
+have no partial correlation (a resample that drops the out-of-order pairs makes r_yz = +-1) the
+resamples that remain are biased. Any bootstrap interval that does not contain its own estimate
+is withheld the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis import contract as names
-from analysis.crosstrial import store
+from analysis.crosstrial import fisherz, store
 from analysis.crosstrial.runs import StudyRuns
 
 CONTROL = names.SOURCE_TEST_ACC
@@ -34,6 +48,12 @@ MIN_BOOT_TRIALS = 5
 # Kendall's bootstrap costs O(points^2) per replicate; above this many pooled points it is left
 # to the (trial-level) interval, which is the one the verdict uses anyway.
 MAX_KENDALL_POINTS = 800
+# The partial correlation is withheld above this |Spearman| between the control and either variable,
+# or when more than this share of bootstrap resamples has no partial correlation (module docstring).
+CONTROL_RHO_MAX = 0.95
+MAX_DEGENERATE = 0.05
+# Methods whose trial-level interval and test are Fisher-z (Bonett–Wright): name -> controls k.
+FISHER = {"spearman": 0, "partial_spearman": 1}
 
 
 class Sample:
@@ -171,14 +191,15 @@ def pearson_log(s: Sample) -> np.ndarray:
 
 
 @register_method("partial_spearman", needs_control=True,
-                 pvalue=lambda x, y, z, r: _t_pvalue(r, len(x) - 3))
+                 pvalue=lambda x, y, z, r: _t_pvalue(r, len(x) - 3))  # below MIN_BOOT_TRIALS
 def partial_spearman(s: Sample) -> np.ndarray:
     """(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)) on ranks: the rank association of x and
     y that is left once each is linearly predicted from the control's ranks.
 
-    Measured: when x and y are near-exact monotone functions of the control, their rank
-    residuals are a few swapped neighbours shared by x and y, and the estimate leans negative
-    (-0.2 at 24 trials; CI covers 0 in 31/40 seeds); with realistic noise, -0.05 and 37/40.
+    When x or y is a near-exact monotone function of the control, the rank residuals are a few
+    swapped neighbours shared by x and y and resamples degenerate: `correlate` then withholds
+    the interval (CONTROL_RHO_MAX, MAX_DEGENERATE; tests/analysis/crosstrial/test_calibration.py
+    measures coverage and false claims).
     """
     rx, ry, rz = (s.ranks(v) for v in "xyz")
     rxy, rxz, ryz = (weighted_pearson(a, b, s.w) for a, b in ((rx, ry), (rx, rz), (ry, rz)))
@@ -195,9 +216,21 @@ def format_ci(est: float, lo: float, hi: float) -> str:
     return s.replace("-", "−")
 
 
+def cell(e: object) -> str:
+    """An Estimate (or a table row) as a table cell: format_ci, or 'withheld' when the partial
+    correlation cannot separate the explanations (the reason goes in the row's note)."""
+    est, lo, hi = (float(getattr(e, k)) for k in ("estimate", "ci_low", "ci_high"))
+    if not np.isfinite(lo) and "cannot separate" in str(getattr(e, "reason", "")):
+        return "withheld (see note)"
+    return format_ci(est, lo, hi)
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """One correlation with its 95% percentile interval (cluster bootstrap over trials)."""
+    """One correlation with its 95% interval and p-value (`p_method` names how both were made).
+
+    `reason` is non-empty when there is no interval (or no estimate): it says why, with numbers.
+    """
 
     method: str
     estimate: float
@@ -265,23 +298,58 @@ def _estimate(name: str, m: Method, point: Sample, boot: Sample, n_trials: int) 
     n = len(point.x)
     est = float(m.stat(point)[0])
     pooled = n_trials < n
+    nan = float("nan")
     if name == "kendall" and pooled and n > MAX_KENDALL_POINTS:
-        return Estimate(name, est, float("nan"), float("nan"), float("nan"), "", n, n_trials,
+        return Estimate(name, est, nan, nan, nan, "", n, n_trials,
                         f"no bootstrap above {MAX_KENDALL_POINTS} pooled points")
-    reps = m.stat(boot)
-    reps = reps[np.isfinite(reps)]
+    fisher = not pooled and name in FISHER
+    # the Fisher-z spearman needs no resamples; the partial needs them to count degenerate ones
+    all_reps = m.stat(boot) if not fisher or m.needs_control else np.zeros(0)
+    reps = all_reps[np.isfinite(all_reps)]
     lo, hi = np.percentile(reps, [2.5, 97.5]) if len(reps) else (np.nan, np.nan)
-    reason = ""
     if n_trials < MIN_BOOT_TRIALS:
-        lo = hi = np.nan
-        reason = f"{n_trials} trials are too few for a bootstrap interval"
+        p = np.nan if pooled else m.pvalue(point.x, point.y, point.z, est)
+        p_method = "" if pooled else ("t (n-3)" if m.needs_control else "scipy")
+        return Estimate(name, est, nan, nan, float(p), p_method, n, n_trials,
+                        f"{n_trials} trials are too few for a bootstrap interval")
+    reason = _cannot_separate(point, all_reps) if m.needs_control else ""
+    if reason:
+        return Estimate(name, est, nan, nan, nan, "", n, n_trials, reason)
+    if fisher:
+        flo, fhi, fp = fisherz.interval_and_p(est, n, FISHER[name])
+        return Estimate(name, est, float(flo), float(fhi), float(fp),
+                        "Fisher z (Bonett-Wright)", n, n_trials)
+    if not lo <= est <= hi:
+        return Estimate(name, est, nan, nan, nan, "", n, n_trials,
+                        f"the bootstrap interval [{lo:.2f}, {hi:.2f}] does not contain the "
+                        f"estimate {est:.2f}: its resamples are biased, so no interval is given")
     if pooled:  # points within a trial are dependent: no textbook test applies
         p = min(1.0, 2 * (min((reps <= 0).sum(), (reps >= 0).sum()) + 1) / (len(reps) + 1))
-        p, p_method = (np.nan if reason else p), "cluster bootstrap"
+        p_method = "cluster bootstrap"
     else:
         p = m.pvalue(point.x, point.y, point.z, est)
-        p_method = "t (n-3)" if m.needs_control else "scipy"
-    return Estimate(name, est, float(lo), float(hi), float(p), p_method, n, n_trials, reason)
+        p_method = "scipy"
+    return Estimate(name, est, float(lo), float(hi), float(p), p_method, n, n_trials)
+
+
+def _cannot_separate(point: Sample, reps: np.ndarray) -> str:
+    """Why the partial correlation given the control cannot be estimated ('' when it can): the
+    control ranks either variable almost perfectly, or too many resamples are degenerate."""
+    rz = point.ranks("z")
+    rho = {label: float(weighted_pearson(point.ranks(v), rz, point.w)[0])
+           for v, label in (("y", "the transfer metric"), ("x", "the predictor"))}
+    label, worst = max(rho.items(), key=lambda kv: abs(kv[1]))
+    head = ("these trials cannot separate the two explanations (a direct link, or better source "
+            "models doing both): source test accuracy ranks")
+    if abs(worst) >= CONTROL_RHO_MAX:
+        return (f"{head} {label} with Spearman {worst:.3f} (at or above {CONTROL_RHO_MAX}), so "
+                "what is left at equal source accuracy is a few swapped neighbours")
+    bad = float(np.mean(~np.isfinite(reps))) if len(reps) else 0.0
+    if bad > MAX_DEGENERATE:
+        return (f"{head} {label} with Spearman {worst:.3f} and {bad:.0%} of bootstrap resamples "
+                f"(more than {MAX_DEGENERATE:.0%}) have no partial correlation at all (the control "
+                "ranks a variable perfectly there), so the rest are biased")
+    return ""
 
 
 def collapse_columns(frame: pd.DataFrame) -> list[str]:

@@ -4,7 +4,7 @@ Trials log, at every tap of the backbone (a stage's pooled output, `trainables.t
 CDNV and few-shot NCC accuracy (`layer/<tap>/cdnv/target`, `layer/<tap>/fewshot/<shape>/ncc/acc`).
 Across trials at their final epoch this module correlates, per tap, (a) that tap's target CDNV
 and (b) that tap's own NCC accuracy with the study's headline few-shot accuracy (penultimate
-features): Spearman with a 95% cluster-bootstrap interval and the partial Spearman given source
+features): Spearman with a 95% Fisher-z interval and the partial Spearman given source
 accuracy, through `analysis.crosstrial.correlate` (the same machinery as the main table). Kornblith
 et al. (NeurIPS 2021) and Masarczyk et al. (NeurIPS 2023, "tunnel effect") found that later layers
 compress and can lose transferable information; the figures show whether these trials do:
@@ -123,9 +123,11 @@ def layer_sentences(table: pd.DataFrame, final: pd.DataFrame, transfer: str | No
            + (f" With only {n} trials, and {len(set(table['tap']))} taps to choose from, treat "
               "this as preliminary." if n < 10 else "")]
     part = _row(table, best.tap, "cdnv", "partial_spearman")
-    if part is not None and np.isfinite(part.estimate):
+    if part is not None and np.isfinite(part.estimate) and np.isfinite(part.ci_low):
         out.append(f"At equal source accuracy (partial Spearman) it is "
                    f"{format_ci(part.estimate, part.ci_low, part.ci_high)}.")
+    elif part is not None and part.reason:
+        out.append(f"At equal source accuracy there is no partial Spearman: {part.reason}.")
     taps = list(dict.fromkeys(table["tap"]))
     last = taps[-1]
     pen = _row(table, last, "cdnv", "spearman")
@@ -303,8 +305,7 @@ def layer_view(table: pd.DataFrame) -> pd.DataFrame:
         r = {"tap": tap, "predictor": PREDICTORS[str(predictor)], "depth": depth}
         for method, label in (("spearman", "Spearman"), ("partial_spearman", "partial")):
             e = g[g["method"] == method]
-            r[label] = (format_ci(e.estimate.iloc[0], e.ci_low.iloc[0], e.ci_high.iloc[0])
-                        if len(e) else "n/a")
+            r[label] = corr.cell(e.iloc[0]) if len(e) else "n/a"
         s = g[g["method"] == "spearman"]
         r["p"] = float(s.p_value.iloc[0]) if len(s) else np.nan
         r["trials"] = int(s.n_trials.iloc[0]) if len(s) else 0

@@ -346,12 +346,16 @@ def parent_metrics(v: Verdict | None, taus: dict[tuple[str, str], TauW]) -> dict
     return out
 
 
-def _cell(est: float, lo: float, hi: float) -> str:
-    """'estimate [95% CI]'; '—' for no estimate, 'estimate [no interval]' for NaN bounds."""
+def _cell(row: pd.Series) -> str:
+    """'estimate [95% CI]'; '—' for no estimate; a partial that cannot separate the two
+    explanations is 'withheld (see note)' as in the report's tables; 'estimate [no interval]'
+    for other NaN bounds."""
+    est, lo, hi = row["estimate"], row["ci_low"], row["ci_high"]
     if not np.isfinite(est):
         return "—"
-    return corr.format_ci(est, lo, hi) + ("" if np.isfinite(lo) and np.isfinite(hi)
-                                          else " [no interval]")
+    text = corr.cell(row)
+    return text + ("" if (np.isfinite(lo) and np.isfinite(hi)) or text.startswith("withheld")
+                   else " [no interval]")
 
 
 def leaderboard_view(table: pd.DataFrame, transfer: str) -> pd.DataFrame:
@@ -360,8 +364,7 @@ def leaderboard_view(table: pd.DataFrame, transfer: str) -> pd.DataFrame:
     t = table[table["transfer"] == transfer]
     if t.empty:
         return pd.DataFrame()
-    t = t.assign(text=[_cell(e, lo, hi) for e, lo, hi in
-                       zip(t["estimate"], t["ci_low"], t["ci_high"], strict=True)])
+    t = t.assign(text=[_cell(row) for _, row in t.iterrows()])
     wide = t.pivot_table(index=["candidate", "orientation"], columns="method", values="text",
                          aggfunc="first").reset_index()
     order = t[t["method"] == "weighted_tau"].set_index("candidate")["estimate"]

@@ -4,7 +4,7 @@
 epoch). Here the study's usual question is asked twice across trials, side by side: with the
 in-domain few-shot accuracy (the study's own target classes) as the transfer target, and with
 the probe's few-shot accuracy on the new domain. Every predictor gets the Spearman correlation
-and the partial Spearman given source test accuracy, each with a 95% cluster-bootstrap interval
+and the partial Spearman given source test accuracy, each with a 95% Fisher-z interval
 over trials (`analysis.crosstrial.correlate.correlate`, the study report's own code path). A zoo
 of pretrained models has no source classes: only the probe side is asked there (collapse on
 the new domain against transfer to it, across models).
@@ -139,7 +139,7 @@ def side_by_side(table: pd.DataFrame, name: str) -> pd.DataFrame:
     out: dict[str, dict[str, str]] = {}
     label = {"spearman": "Spearman", "partial_spearman": "partial (given source acc)"}
     for r in table.itertuples():
-        cell = corr.format_ci(r.estimate, r.ci_low, r.ci_high) + f" (n={r.n_trials})"
+        cell = corr.cell(r) + f" (n={r.n_trials})"
         row = r.predictor.removeprefix(contract.probe_key(name, ""))
         out.setdefault(row, {})[f"{r.domain}: {label[r.method]}"] = cell
     frame = pd.DataFrame.from_dict(out, orient="index").fillna("")
@@ -162,10 +162,13 @@ def clear(e: pd.Series | None) -> bool:
 
 def ci(e: pd.Series, unit: str = "trials") -> str:
     """`−0.81 [−0.92, −0.62], p = 0.003` (no interval: says how many trials there were)."""
+    if corr.cell(e).startswith("withheld"):
+        return f"not estimated ({e.reason})"
     text = corr.format_ci(e.estimate, e.ci_low, e.ci_high)
     p = "n/a" if not np.isfinite(e.p_value) else ("< 0.001" if e.p_value < 0.001
                                                   else f"= {e.p_value:.3f}")
-    extra = "" if np.isfinite(e.ci_low) else f", no interval with {e.n_trials} {unit}"
+    extra = "" if np.isfinite(e.ci_low) else (f", no interval: {e.reason}" if e.reason else
+                                              f", no interval with {e.n_trials} {unit}")
     return f"{text}, p {p}{extra}"
 
 
@@ -196,7 +199,7 @@ def verdict(frame: pd.DataFrame, table: pd.DataFrame, name: str, zoo: bool) -> l
             f"Spearman with {yname} {ci(away)}")
     if home is not None and np.isfinite(home.estimate):
         text += f"; in-domain it was {ci(home)}"
-    out.append(text + " (95% intervals, bootstrap over trials; negative = more collapse, "
+    out.append(text + " (95% intervals, Fisher z over trials; negative = more collapse, "
                "better transfer).")
     part = pick(table, "probe", HEADLINE, "partial_spearman")
     if part is not None and np.isfinite(part.estimate):
@@ -267,7 +270,7 @@ QUESTION = "Does collapse predict transfer, in-domain and on the probe's domain?
 
 def explain(name: str) -> str:
     """How to read the side-by-side table (the same sentence in Markdown and HTML)."""
-    return (f"Spearman and partial Spearman with 95% bootstrap intervals over trials, against "
+    return (f"Spearman and partial Spearman with 95% Fisher-z intervals over trials, against "
             f"5-way 5-shot NCC accuracy on the study's own target classes (in-domain) and on "
             f"'{name}' (probe). Rows measured on a target (cdnv/target, layer/..., "
             f"transfer/...) read each side's own target; a negative CDNV correlation means "

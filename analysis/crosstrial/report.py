@@ -24,10 +24,11 @@ from analysis.crosstrial import bound_check as bound_mod
 from analysis.crosstrial import correlate as corr
 from analysis.crosstrial import effects as eff
 from analysis.crosstrial import figures as figs
+from analysis.crosstrial import fisherz, store
 from analysis.crosstrial import layers as layer_mod
 from analysis.crosstrial import leaderboard as lb
-from analysis.crosstrial import store
 from analysis.crosstrial import trends as trend_mod
+from analysis.crosstrial import verdict as verdict_mod
 from analysis.crosstrial.correlate import format_ci
 from analysis.crosstrial.pareto import pareto_figures
 from analysis.crosstrial.report_render import HEADLINE_X, ci_text, pval, render
@@ -169,30 +170,29 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
         return [f"No correlation is reported: {why}.", *notes]
     ps = _pick(t["correlations"], HEADLINE_X, y, "partial_spearman")
     yname = describe(y)
-    sig, n = _clear(s), s.n_trials
-    if sig:
+    n, how = s.n_trials, verdict_mod.state(s)
+    if how == "clear":
         head = (f"Across {n} trials, lower target CDNV went with "
-                f"{'higher' if s.estimate < 0 else 'lower'} {yname}: Spearman {ci_text(s)}")
-    elif not np.isfinite(s.ci_low):
+                f"{'higher' if s.estimate < 0 else 'lower'} {yname}: Spearman {ci_text(s)}, "
+                f"{_p_is(s.p_value)}")
+    elif how == "withheld":
         head = (f"Across only {n} trials, target CDNV and {yname} had Spearman "
                 f"{format_ci(s.estimate, np.nan, np.nan)} ({_p_is(s.p_value)}), too few "
                 "trials for an interval or a conclusion")
+    elif how == "split":
+        head = (f"Across {n} trials, the interval and the test for target CDNV and {yname} "
+                f"disagree: Spearman {ci_text(s)}, {_p_is(s.p_value)}; no conclusion")
     else:
         head = (f"Across {n} trials, target CDNV and {yname} showed no clear association: "
                 f"Spearman {ci_text(s)}, {_p_is(s.p_value)}")
-    partial = ps is not None and np.isfinite(ps.estimate) and np.isfinite(ps.ci_low)
-    if ps is not None and partial:
-        head += f"; controlling for source accuracy, {ci_text(ps)}"
-    out = [head + (" (95% intervals, bootstrap over trials)." if np.isfinite(s.ci_low) else ".")]
-    if ps is not None and partial:
-        sentence = partial_sentence(s, ps)
-        if sentence:
-            out.append(sentence)
-    elif ps is not None and ps.reason:
-        out.append(f"No partial correlation: {ps.reason}.")
+    basis = "Fisher z over trials" if s.p_method.startswith("Fisher") else "bootstrap over trials"
+    out = [head + (f" (95% intervals, {basis})." if np.isfinite(s.ci_low) else ".")]
+    if ps is not None:
+        out.append(partial_sentence(s, ps) or "")
+        out.append(fisherz.power_sentence(ps.n_trials))
+    out = [line for line in out if line]
     if 5 <= n < 10:
-        out.append(f"With only {n} trials the intervals are wide, and percentile bootstrap "
-                   "intervals tend to run too narrow at this size: treat this as preliminary.")
+        out.append(f"With only {n} trials the intervals are wide: treat this as preliminary.")
     elif 10 <= n < 20:
         out.append(f"{n} trials is a modest sample: read the intervals, not the point estimates.")
     epochs = usable["final_epoch"].dropna()
@@ -224,36 +224,15 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
 
 
 def partial_sentence(s: Any, ps: Any) -> str | None:
-    """What the partial Spearman given source accuracy adds to the headline Spearman `s`.
-
-    `_clear` asks for both an interval that excludes 0 and p < 0.05; when the two disagree the
-    sentence says so rather than calling the association absent.
-    """
-    sig, psig = _clear(s), _clear(ps)
-    if sig and not psig and (ps.ci_low > 0 or ps.ci_high < 0):
-        return (f"At equal source accuracy the bootstrap interval excludes 0 but the test does "
-                f"not ({_p_is(ps.p_value)}): the evidence for a direct link is weak and "
-                "inconsistent.")
-    if sig and not psig and abs(ps.estimate) < abs(s.estimate) / 2:
-        return ("Source accuracy accounts for most of it: better source models both collapsed "
-                "more and transferred better, and at equal source accuracy no clear association "
-                "is left, so these trials give no evidence of a direct link.")
-    if sig and not psig:
-        return (f"At equal source accuracy the estimate keeps {abs(ps.estimate / s.estimate):.0%} "
-                "of its size but its interval covers 0: these trials cannot tell a direct link "
-                "apart from better source models both collapsing more and transferring better.")
-    if sig and psig and np.sign(ps.estimate) == np.sign(s.estimate):
-        return ("The association holds at equal source accuracy too, so it is not only a "
-                "by-product of better source models.")
-    if psig and not sig:
-        return ("At equal source accuracy an association appears that the raw correlation does "
-                "not show; read it with care.")
-    return None
+    """What the partial Spearman given source accuracy adds to the headline Spearman `s`: the one
+    sentence of the decision table in analysis.crosstrial.verdict (README: "How the verdict is
+    decided")."""
+    return verdict_mod.partial_line(s, ps, ci_text, _p_is)
 
 
 def _clear(e: Any) -> bool:
     """A finite interval that excludes 0 and p < 0.05: what the verdict calls a clear relation."""
-    return bool(np.isfinite(e.ci_low) and (e.ci_low > 0 or e.ci_high < 0) and e.p_value < 0.05)
+    return verdict_mod.state(e) == "clear"
 
 
 def _figures(study: StudyRuns, t: dict[str, Any], folder: Path, seed: int) -> list[dict[str, Any]]:

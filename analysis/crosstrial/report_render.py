@@ -80,7 +80,7 @@ def _corr_view(c: pd.DataFrame) -> pd.DataFrame:
     for (x, y), g in c.groupby(["collapse", "transfer"], sort=False):
         by = {r.method: r for r in g.itertuples()}
         sp = by.get("spearman")
-        rows.append({"collapse": x, "transfer": y, **{m: ci_text(r) for m, r in by.items()},
+        rows.append({"collapse": x, "transfer": y, **{m: corr.cell(r) for m, r in by.items()},
                      "p (Spearman)": pval(sp.p_value) if sp else "",
                      "n_trials": sp.n_trials if sp else "", "n": sp.n if sp else "",
                      "note": "; ".join(dict.fromkeys(r.reason for r in by.values() if r.reason))})
@@ -146,7 +146,7 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
         {"id": "layers", "title": "Where in the network", "lines": t["layer_lines"],
          "figures": ["layers_by_depth", "layers_heatmap"],
          "tables": [table(f"Per tap, across trials at their final epoch: its target CDNV and "
-                           f"its own NCC accuracy against {y} (95% bootstrap intervals; "
+                           f"its own NCC accuracy against {y} (95% Fisher-z intervals; "
                            "partial: at equal source accuracy)",
                            layer_view(t["layers"]).assign(p=lambda d: d["p"].map(pval)))]},
         {"id": "leaderboard", "title": "Which statistic ranks transfer best?",

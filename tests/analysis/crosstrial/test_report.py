@@ -8,12 +8,11 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from analysis.crosstrial.report import Report, analyze, partial_sentence, write_report
+from analysis.crosstrial.report import Report, analyze, write_report
 from analysis.errors import InputError
 from study.cli import main
 from tests.analysis.conftest import FakeTrial, loguniform, synth_trial, write_study
@@ -82,7 +81,10 @@ def test_verdict_states_the_relation_with_its_interval(demo: tuple[str, Report])
                            "NCC accuracy: Spearman −")
     assert f"{row.estimate:.2f}".replace("-", "−") in head
     assert f"[{row.ci_low:.2f}, {row.ci_high:.2f}]".replace("-", "−") in head
-    assert "controlling for source accuracy" in head
+    assert "(95% intervals, Fisher z over trials)." in head
+    # the next sentence is the decision table's: the partial with its interval, or why not
+    assert re.search(r"\(partial −?\d\.\d\d \[|No partial correlation: ", rep.verdict[1])
+    assert rep.verdict[2].startswith("Power: with 14 trials")
     text = " ".join(rep.verdict)
     assert "modest sample" in text  # 14 trials
     assert "2 of 16 trials were left out (1 failed, 1 diverged)" in text
@@ -196,25 +198,3 @@ def test_format_is_checked(demo: tuple[str, Report], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["analyze", "demo", "--format", "pdf"])
     assert exc.value.code == 2
-
-
-def _est(estimate: float, lo: float, hi: float, p: float) -> SimpleNamespace:
-    return SimpleNamespace(estimate=estimate, ci_low=lo, ci_high=hi, p_value=p)
-
-
-@pytest.mark.parametrize(("partial", "expected"), [
-    (_est(-0.16, -0.87, -0.10, 0.55), "bootstrap interval excludes 0 but the test does not"),
-    (_est(-0.10, -0.60, 0.40, 0.70), "Source accuracy accounts for most of it"),
-    (_est(-0.60, -0.95, 0.10, 0.02), "keeps 67% of its size but its interval covers 0"),
-    (_est(-0.70, -0.90, -0.30, 0.01), "holds at equal source accuracy too"),
-])
-def test_partial_sentence_says_what_the_partial_correlation_adds(partial, expected) -> None:
-    headline = _est(-0.90, -0.99, -0.62, 0.0001)
-    assert expected in (partial_sentence(headline, partial) or "")
-
-
-def test_partial_sentence_without_a_headline_relation() -> None:
-    none = _est(-0.10, -0.50, 0.40, 0.60)
-    assert "appears that the raw correlation does not show" in (
-        partial_sentence(none, _est(-0.70, -0.90, -0.30, 0.01)) or "")
-    assert partial_sentence(none, none) is None
