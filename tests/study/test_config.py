@@ -40,6 +40,12 @@ BAD = [
     (["--set", "dataset.num_source_classes=100000"], "num_source_classes"),
     (["--set", "training.lr"], "--set: 'training.lr' is not key=value"),
     (["--set", "search.num_samples=0"], "search.num_samples"),
+    (["--set", "training.center_loss=-0.1"], "training.center_loss"),
+    (["--set", "training.feature_entropy=-1"], "training.feature_entropy"),
+    (["--set", "training.etf_head=true", "--set", "backbone.width=0.125"],
+     "training.etf_head: a simplex ETF of 100 source classes needs a feature width of at least 99"),
+    (["--set", "space.etf_head.type=categorical", "--set", "space.etf_head.values=[false,true]",
+      "--set", "backbone.width=0.125"], "space.etf_head: True is not allowed"),
 ]
 
 
