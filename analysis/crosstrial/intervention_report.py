@@ -147,7 +147,7 @@ def intervention_figure(frame: pd.DataFrame, x: np.ndarray, y: np.ndarray, y_col
     ax.plot(mx, my, "-", color="black", lw=1.2, zorder=2, label="path (level means)")
     beta = float(r.beta[0])
     if math.isfinite(beta):
-        xs = np.linspace(x.min(), x.max(), 2)
+        xs = np.array([mx.min(), mx.max()])  # over the level means: the range it is fit on
         ax.plot(xs, y.mean() + beta * (xs - x.mean()), "--", color="#d1495b", lw=1,
                 label=f"2SLS slope {beta:+.3g}")
     ax.set_xlabel(f"{X_NAME} (lower = more collapse)")

@@ -184,3 +184,18 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_study_config(str(path)) == cfg
     assert StudyConfig.model_validate(cfg.model_dump()) == cfg
+
+
+def test_collapse_control_preset_is_an_intervention_grid():
+    """Issue 23: fixed lr and epochs, a grid from mitigating to inducing collapse, 3+ seeds,
+    and its control losses in `nctune metrics` (the demo's list has none)."""
+    cfg = load_study_config("collapse-control")
+    assert cfg.search.sampler == "grid"
+    assert set(cfg.searched()) == {"feature_entropy", "center_loss", "seed"}
+    assert "lr" not in cfg.space and "epochs" not in cfg.space
+    assert len(cfg.space["seed"].values) >= 3
+    assert max(cfg.space["feature_entropy"].values) > 0 and 0.0 in cfg.space["center_loss"].values
+    assert len([v for v in cfg.space["center_loss"].values if v > 0]) >= 2
+    assert {"source/center_loss", "source/entropy_loss"} <= cfg.metric_names()
+    assert not {"source/center_loss", "source/entropy_loss"} & load_study_config(
+        "demo").metric_names()
