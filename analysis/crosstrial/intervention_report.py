@@ -92,11 +92,12 @@ def intervention_section(final: pd.DataFrame, searched: list[str], folder: Path 
     if src in frame.columns:
         frame["_log_cdnv_source_train"] = np.log10(frame[src].where(frame[src] > 0))
         measures["log10 source-train CDNV"] = "_log_cdnv_source_train"
-    for col in (names.SOURCE_TEST_ACC, *sorted(c for c in frame.columns
-                                               if names.is_fewshot_acc(c))):
+    for col in (names.SOURCE_TEST_ACC, *sorted(c for c in frame.columns  # primary NCC only
+                                               if names.is_fewshot_acc(c) and "/ncc/" in c)):
         if col in frame.columns:
             measures[col] = col
     effects = _effects_table(frame, measures, groups)
+    lines[1:1] = _manipulation_check(effects)
     lines.extend(_source_caveat(effects))
     figure = intervention_figure(frame, x, y, y_col, r, folder) if folder is not None else []
     return {"id": "intervention", "title": TITLE, "lines": lines,
@@ -105,6 +106,26 @@ def intervention_section(final: pd.DataFrame, searched: list[str], folder: Path 
                         "means over seeds; 95% t intervals with the pooled within-level "
                         "variance, one per comparison, unadjusted)", "frame": effects}],
             "effects": effects, "result": r}
+
+
+def _manipulation_check(effects: pd.DataFrame) -> list[str]:
+    """One sentence: each level's change of target and source-train CDNV against no control, as
+    a factor with its 95% interval (10 ** the log10 difference)."""
+    if effects.empty:
+        return []
+    parts = []
+    for level, rows in effects.groupby("level", sort=False):
+        bits = []
+        for measure, short in ((X_NAME, "target"), ("log10 source-train CDNV", "source-train")):
+            row = rows[rows["measure"] == measure]
+            if len(row):
+                d, lo, hi = (float(row[c].iloc[0]) for c in
+                             ("change vs no control", "ci95_low", "ci95_high"))
+                bits.append(f"{short} CDNV ×{10 ** d:.2g} [{10 ** lo:.2g}, {10 ** hi:.2g}]")
+        if bits:
+            parts.append(f"{level}: {', '.join(bits)}")
+    return ["Manipulation check, each level against no control (95% intervals over seeds, one "
+            "per comparison): " + "; ".join(parts) + "."] if parts else []
 
 
 def _source_caveat(effects: pd.DataFrame) -> list[str]:
