@@ -61,8 +61,8 @@ def _effects_table(frame: pd.DataFrame, columns: dict[str, str], groups: np.ndar
 
 def intervention_section(final: pd.DataFrame, searched: list[str], folder: Path | None
                          ) -> dict[str, Any] | None:
-    """The section (id, title, lines, figures, tables, figure_entries), or None when the study
-    is not an intervention on a collapse control.
+    """The section (id, title, lines, verdict, figures, tables, figure_entries, effects,
+    result), or None when the study is not an intervention on a collapse control.
 
     Args:
         final: one row per usable trial at its final epoch (StudyRuns.usable).
@@ -97,10 +97,12 @@ def intervention_section(final: pd.DataFrame, searched: list[str], folder: Path 
         if col in frame.columns:
             measures[col] = col
     effects = _effects_table(frame, measures, groups)
+    caveat = _source_caveat(effects)
+    verdict = [lines[0], *caveat]  # what the report's verdict repeats
     lines[1:1] = _manipulation_check(effects)
-    lines.extend(_source_caveat(effects))
+    lines.extend(caveat)
     figure = intervention_figure(frame, x, y, y_col, r, folder) if folder is not None else []
-    return {"id": "intervention", "title": TITLE, "lines": lines,
+    return {"id": "intervention", "title": TITLE, "lines": lines, "verdict": verdict,
             "figures": [STEM] if figure else [], "figure_entries": figure,
             "tables": [{"caption": "Each control level against no control (difference of "
                         "means over seeds; 95% t intervals with the pooled within-level "

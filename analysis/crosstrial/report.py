@@ -97,7 +97,7 @@ def analyze(study_name: str, tracking_uri: str | None = None, out_dir: Path | st
                                                        out / "figures")
     if t["intervention"] is not None:
         figures += t["intervention"]["figure_entries"]
-        verdict.append(t["intervention"]["lines"][0])
+        verdict.extend(t["intervention"]["verdict"])
         t["intervention"]["effects"].to_csv(out / "intervention.csv", index=False)
     # ---- end of issue 23
     for name, table in t.items():

@@ -191,11 +191,16 @@ def test_collapse_control_preset_is_an_intervention_grid():
     and its control losses in `nctune metrics` (the demo's list has none)."""
     cfg = load_study_config("collapse-control")
     assert cfg.search.sampler == "grid"
-    assert set(cfg.searched()) == {"feature_entropy", "center_loss", "seed"}
+    assert set(cfg.searched()) == {"feature_entropy", "etf_head", "seed"}
     assert "lr" not in cfg.space and "epochs" not in cfg.space
     assert len(cfg.space["seed"].values) >= 3
-    assert max(cfg.space["feature_entropy"].values) > 0 and 0.0 in cfg.space["center_loss"].values
-    assert len([v for v in cfg.space["center_loss"].values if v > 0]) >= 2
-    assert {"source/center_loss", "source/entropy_loss"} <= cfg.metric_names()
+    entropy = cfg.space["feature_entropy"].values
+    assert max(entropy) > 0 and 0.0 in entropy
+    assert cfg.space["etf_head"].values == [False, True]
+    assert "source/entropy_loss" in cfg.metric_names()
+    assert "source/center_loss" not in cfg.metric_names()
+    assert "source/center_loss" in load_study_config(
+        "collapse-control", ["space.center_loss.type=categorical",
+                             "space.center_loss.values=[0.0,0.01]"]).metric_names()
     assert not {"source/center_loss", "source/entropy_loss"} & load_study_config(
         "demo").metric_names()
