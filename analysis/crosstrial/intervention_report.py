@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import contract as names
-from analysis.crosstrial.intervention import iv_anova, iv_sentences, level_effects
+from analysis.crosstrial.intervention import WEAK_F, iv_anova, iv_sentences, level_effects
 
 CONTROL_PARAMS = ("feature_entropy", "center_loss", "etf_head")  # trainables.config fields
 TITLE = "Does moving collapse move transfer?"
@@ -169,7 +169,8 @@ def intervention_figure(frame: pd.DataFrame, x: np.ndarray, y: np.ndarray, y_col
     mx, my = np.array(means).T
     ax.plot(mx, my, "-", color="black", lw=1.2, zorder=2, label="path (level means)")
     beta = float(r.beta[0])
-    if math.isfinite(beta):
+    # the slope only where the text estimates one (a strong first stage, a non-empty AR set)
+    if math.isfinite(beta) and float(r.first_f[0]) >= WEAK_F and r.ar_kind[0] != "empty":
         xs = np.array([mx.min(), mx.max()])  # over the level means: the range it is fit on
         ax.plot(xs, y.mean() + beta * (xs - x.mean()), "--", color="#d1495b", lw=1,
                 label=f"2SLS slope {beta:+.3g}")
@@ -183,7 +184,8 @@ def intervention_figure(frame: pd.DataFrame, x: np.ndarray, y: np.ndarray, y_col
     plt.close(fig)
     caption = (f"{y_col} against {X_NAME} at each trial's final epoch: points are seeds, "
                "diamonds the level means, the black line the intervention's path from the "
-               "least to the most collapsed level, the dashed line the 2SLS slope.")
+               "least to the most collapsed level, the dashed line the 2SLS slope (drawn only "
+               "where the section estimates one).")
     return [{"stem": STEM, "caption": caption, "png": f"figures/{STEM}.png",
              "svg": f"figures/{STEM}.svg",
              "data": base64.b64encode(paths["png"].read_bytes()).decode()}]
