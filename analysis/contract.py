@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 from analysis.descriptors import (  # noqa: F401  (re-exported: the contract's vocabulary)
     BOUND_CANTELLI_PREFIX,
+    CENTER_LOSS,
     CLASSIFIER_LABELS,
+    ENTROPY_LOSS,
     EVAL_TIME,
     LAYER_PREFIX,
     NC3_SOURCE,
@@ -54,6 +56,8 @@ from analysis.errors import InputError
 # every family registered in the "collapse" group.
 COLLAPSE_FAMILIES = families("collapse")
 TRAINING_METRICS = (TRAIN_LOSS, TRAIN_ACC, TRAIN_TIME, THROUGHPUT)
+# Collapse controls' terms (trainables.collapse_controls), per epoch, only when that control is on.
+CONTROL_LOSSES = (CENTER_LOSS, ENTROPY_LOSS)
 
 FEWSHOT_STATS = ("acc", "ci95")
 # The few-shot classifier every layer tap and bound refers to: NCC on centred-then-L2 features.
@@ -174,6 +178,7 @@ class MetricSpec:
         taps: backbone taps measured per layer (empty: penultimate only).
         layer_splits: the splits the per-tap collapse statistics are measured on.
         estimators: transferability estimators logged as transfer/<name>/target.
+        control_losses: the collapse controls' per-epoch terms this trial logs (CONTROL_LOSSES).
     """
 
     shapes: Sequence[str]
@@ -181,6 +186,7 @@ class MetricSpec:
     taps: Sequence[str] = ()
     layer_splits: Sequence[str] = (SOURCE_TRAIN, TARGET)
     estimators: Sequence[str] = field(default_factory=tuple)
+    control_losses: Sequence[str] = ()
 
 
 def trial_metrics(spec: MetricSpec) -> dict[str, list[str]]:
@@ -192,7 +198,8 @@ def trial_metrics(spec: MetricSpec) -> dict[str, list[str]]:
     for shape in spec.shapes:
         parse_shape(shape)
     groups: dict[str, list[str]] = {
-        "training": list(TRAINING_METRICS),
+        "training": [*TRAINING_METRICS, *(n for n in spec.control_losses
+                                           if n in CONTROL_LOSSES)],
         "source": [SOURCE_TEST_ACC, NC3_SOURCE, NC4_SOURCE_TEST, EVAL_TIME],
         "collapse": [collapse_key(f, s) for f in COLLAPSE_FAMILIES for s in SPLITS],
         "fewshot": [fewshot_key(shape, clf, stat) for shape in spec.shapes

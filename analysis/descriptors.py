@@ -33,6 +33,9 @@ SOURCE_TEST_ACC = "source/test_acc"
 TRAIN_TIME = "time/train_s"
 EVAL_TIME = "time/eval_s"
 THROUGHPUT = "throughput/train_img_s"
+# Collapse controls' per-epoch terms (trainables.collapse_controls), logged only when on.
+CENTER_LOSS = "source/center_loss"
+ENTROPY_LOSS = "source/entropy_loss"
 
 @dataclass(frozen=True)
 class Descriptor:
@@ -110,6 +113,12 @@ for _key, _label, _dir in ((TRAIN_LOSS, "training loss", -1),
                            (THROUGHPUT, "training throughput (images/s)", 0)):
     register(Descriptor(_key, _key, "source" if _key == SOURCE_TEST_ACC else "training",
                         _label, _dir))
+
+register(Descriptor(CENTER_LOSS, CENTER_LOSS, "training", "centre loss", -1,
+                    citation="Wen et al., ECCV 2016 (induces collapse)"))
+register(Descriptor(ENTROPY_LOSS, ENTROPY_LOSS, "training", "feature-entropy (KoLeo) loss", -1,
+                    citation="Sablayrolles et al., ICLR 2019; Harun et al., ICML 2025 "
+                    "(mitigates collapse)"))
 
 # Transferability estimators: higher = more transferable, except NCTI's within-class spread.
 _ESTIMATORS = {

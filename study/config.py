@@ -7,13 +7,21 @@ adds what only the driver needs: the search, its space, resources, tracking and 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from analysis.contract import DEFAULT_SEARCH_METRIC, MetricSpec, all_names, parse_shape
+from analysis.contract import (
+    CENTER_LOSS,
+    DEFAULT_SEARCH_METRIC,
+    ENTROPY_LOSS,
+    MetricSpec,
+    all_names,
+    parse_shape,
+)
 from analysis.crosstrial import store
 from analysis.crosstrial.store import resolve_tracking_uri
 from analysis.errors import InputError
@@ -168,8 +176,16 @@ class StudyConfig(_Section):
         )
 
     def metric_spec(self) -> MetricSpec:
-        """What a trial of this study measures (see analysis.contract)."""
-        return self.trial_config().metric_spec()
+        """What a trial of this study measures (see analysis.contract); a collapse control's
+        loss is listed when the base config or any value the space may give turns it on."""
+        spec = self.trial_config().metric_spec()
+        losses = list(spec.control_losses)
+        for key, name in (("center_loss", CENTER_LOSS), ("feature_entropy", ENTROPY_LOSS)):
+            spec_ = self.space.get(key)
+            if spec_ is not None and name not in losses and any(
+                    isinstance(v, int | float) and v > 0 for v in spec_.candidates()):
+                losses.append(name)
+        return dataclasses.replace(spec, control_losses=tuple(losses))
 
     def metric_names(self) -> set[str]:
         """Every metric name a trial of this study reports: `nctune metrics` prints these."""

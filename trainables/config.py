@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from analysis.contract import (
+    CENTER_LOSS,
+    ENTROPY_LOSS,
     ESTIMATORS,
     SOURCE_TEST,
     SOURCE_TRAIN,
@@ -74,6 +76,11 @@ class TrainingConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     mixup_alpha: float = Field(0.0, ge=0.0)
     aug_strength: float = Field(1.0, ge=0.0, le=3.0)
+    # Collapse controls (trainables.collapse_controls, with their papers and formulas); 0/False
+    # = off, and then training is exactly what it was without them.
+    center_loss: float = Field(0.0, ge=0.0)  # Wen et al. 2016: induces collapse
+    etf_head: bool = False  # fixed simplex-ETF classifier: induces collapse
+    feature_entropy: float = Field(0.0, ge=0.0)  # KoLeo entropy of the features: mitigates it
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False  # bf16 autocast
@@ -146,6 +153,7 @@ class TrialConfig(BaseModel):
     def _episodes_fit_target(self) -> TrialConfig:
         """Every episode shape fits the target split, checked before any trial starts."""
         check_episodes_fit(self.dataset, self.evaluation)
+        check_controls(self)
         if isinstance(self.evaluation.layers, list):  # names checked against the backbone
             self.taps()
         return self
@@ -164,9 +172,12 @@ class TrialConfig(BaseModel):
         """What this trial's evaluation measures, for the metric contract's name list."""
         ev = self.evaluation
         layer_splits = (SOURCE_TRAIN, *([SOURCE_TEST] if ev.layers_source_test else []), TARGET)
+        tr = self.training
+        controls = (*([CENTER_LOSS] if tr.center_loss > 0 else []),
+                    *([ENTROPY_LOSS] if tr.feature_entropy > 0 else []))
         return MetricSpec(shapes=tuple(ev.shapes), classifiers=tuple(ev.classifiers),
                           taps=self.taps(), layer_splits=layer_splits,
-                          estimators=tuple(ev.estimators))
+                          estimators=tuple(ev.estimators), control_losses=controls)
 
     def metric_names(self) -> set[str]:
         """Every metric name a trial of this config reports (the contract's list)."""
@@ -221,6 +232,33 @@ def check_episodes_fit(data: DatasetConfig, ev: EvaluationConfig) -> None:
             f"{data.num_target_classes} ways in evaluation.shapes"
             + (f" (here: {', '.join(fits)})" if fits else "")
         )
+
+
+def check_controls(cfg: TrialConfig) -> None:
+    """The collapse controls fit the rest of the config (trainables.collapse_controls).
+
+    Raises:
+        ValueError: `training.etf_head` on a backbone whose feature width is below the number of
+            source classes minus one (no simplex ETF fits), or `training.center_loss` with mixup
+            (the centres need one hard label per image); the message names the field.
+    """
+    tr = cfg.training
+    if tr.center_loss > 0 and tr.mixup_alpha > 0:
+        raise ValueError(f"training.center_loss: {tr.center_loss} needs hard labels, but "
+                         f"training.mixup_alpha is {tr.mixup_alpha}; set one of them to 0")
+    if not tr.etf_head:
+        return
+    from trainables.backbones import create_backbone  # torch: only when the head is asked for
+
+    bb = cfg.backbone
+    dim = create_backbone(bb.name, num_classes=2, in_chans=1, width=bb.width,
+                          small_stem=bb.small_stem).feature_dim
+    classes = cfg.dataset.num_source_classes
+    if dim < classes - 1:
+        raise ValueError(f"training.etf_head: a simplex ETF of {classes} source classes needs a "
+                         f"feature width of at least {classes - 1}, but {bb.name} at width "
+                         f"{bb.width} has {dim}; widen backbone.width, use fewer "
+                         "dataset.num_source_classes, or set training.etf_head to false")
 
 
 def flat_key_owner() -> dict[str, tuple[str, str]]:

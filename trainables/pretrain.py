@@ -24,6 +24,7 @@ from analysis.errors import InputError
 from trainables.augment import BatchAugment, mixup, normalize
 from trainables.backbones import create_backbone
 from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.collapse_controls import CollapseControls, fix_etf_head
 from trainables.config import TrialConfig
 from trainables.data import DataSplits, get_dataset_class, load_splits
 from trainables.evaluate import DivergedError, build_banks, evaluate
@@ -153,6 +154,12 @@ class Trainer:
             in_chans=int(self.data.source_train.images.shape[1]), width=bb.width,
             small_stem=bb.small_stem, drop_rate=bb.dropout, drop_path_rate=bb.drop_path,
         ).to(device)
+        tr = cfg.training
+        if tr.etf_head:  # before the optimiser is built: the frozen head is not in its groups
+            fix_etf_head(self.model.classifier, seed=tr.seed)
+        self.controls = CollapseControls(self.num_classes, self.model.feature_dim,
+                                         center_weight=tr.center_loss,
+                                         entropy_weight=tr.feature_entropy).to(device)
         if cfg.training.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Training steps go through the compiled module; evaluation calls model.features, which
@@ -167,6 +174,7 @@ class Trainer:
                                     strength=cfg.training.aug_strength)
         self.banks = {k: b.to(device) for k, b in build_banks(self.data.target,
                                                                cfg.evaluation).items()}
+        self.term_sums: dict[str, torch.Tensor] = {}  # the controls' terms, per epoch
         self.epoch = 0
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -174,7 +182,9 @@ class Trainer:
         """Everything a checkpoint must hold to continue exactly: model, optimizer, scheduler,
         epoch."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch}
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
+                **({"controls": self.controls.state_dict()} if self.controls.needs_features
+                   else {})}
 
     def restore(self, folder: str) -> None:
         """Load a checkpoint written by `state()` and continue from its epoch."""
@@ -182,6 +192,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "controls" in state:
+            self.controls.load_state_dict(state["controls"])
         self.epoch = int(state["epoch"])
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -231,6 +243,7 @@ class Trainer:
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
+        self.term_sums = {}
         seen = 0
         for step in range(self.steps_per_epoch):
             idx = order[step * batch : (step + 1) * batch]
@@ -242,9 +255,12 @@ class Trainer:
             if step % 20 == 19 and self.diverged((loss_sum / seen).item()):
                 break  # diverged: stop spending compute on NaNs
         elapsed = time.perf_counter() - start
+        control_names = {"center": names.CENTER_LOSS, "entropy": names.ENTROPY_LOSS}
         return {names.TRAIN_LOSS: (loss_sum / max(seen, 1)).item(),
                 names.TRAIN_ACC: (correct / max(seen, 1)).item(),
-                names.TRAIN_TIME: elapsed, names.THROUGHPUT: seen / max(elapsed, 1e-9)}
+                names.TRAIN_TIME: elapsed, names.THROUGHPUT: seen / max(elapsed, 1e-9),
+                **{control_names[k]: (v / max(seen, 1)).item()
+                   for k, v in self.term_sums.items()}}
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor,
                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,6 +274,8 @@ class Trainer:
         if cfg.mixup_alpha > 0:
             x, target = mixup(x, labels, cfg.mixup_alpha, self.num_classes, gen)
         # bf16 autocast around the forward pass only; the loss and its softmax in float32.
+        if self.controls.needs_features:
+            return self.controlled_step(x, labels, target)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
@@ -265,5 +283,27 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        hits = (logits.detach().argmax(1) == labels).sum()
+        return loss, hits
+
+    def controlled_step(self, x: torch.Tensor, labels: torch.Tensor,
+                        target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step with the feature terms on: CE + lambda_c L_C + lambda_e L_E
+        (trainables.collapse_controls), then Wen et al.'s centre update. Runs the uncompiled
+        model: the features and the logits come from one pass (features, then the classifier)."""
+        cfg = self.cfg.training
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            feats = self.model.features(x)
+            logits = self.model.classifier(feats)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+        terms = self.controls.terms(feats.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss + self.controls.weighted(terms)).backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.controls.after_step(feats, labels)
+        for key, value in terms.items():
+            before = self.term_sums.get(key, torch.zeros((), device=self.device))
+            self.term_sums[key] = before + value.detach() * len(labels)
         hits = (logits.detach().argmax(1) == labels).sum()
         return loss, hits

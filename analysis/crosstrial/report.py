@@ -25,6 +25,7 @@ from analysis.crosstrial import correlate as corr
 from analysis.crosstrial import effects as eff
 from analysis.crosstrial import figures as figs
 from analysis.crosstrial import fisherz, store
+from analysis.crosstrial import intervention_report as iv_report
 from analysis.crosstrial import layers as layer_mod
 from analysis.crosstrial import leaderboard as lb
 from analysis.crosstrial import trends as trend_mod
@@ -92,6 +93,15 @@ def analyze(study_name: str, tracking_uri: str | None = None, out_dir: Path | st
         f"not diverged, with evaluation metrics); a correlation needs at least {corr.MIN_TRIALS}")
     verdict = _verdict(study, t, too_few)
     figures = _figures(study, t, out / "figures", seed)
+    # ---- issue 23: "Does moving collapse move transfer?" (crosstrial.intervention_report);
+    # None unless the study searched a collapse control with an all-off level.
+    t["intervention"] = iv_report.intervention_section(study.usable, study.searched,
+                                                       out / "figures")
+    if t["intervention"] is not None:
+        figures += t["intervention"]["figure_entries"]
+        verdict.extend(t["intervention"]["verdict"])
+        t["intervention"]["effects"].to_csv(out / "intervention.csv", index=False)
+    # ---- end of issue 23
     for name, table in t.items():
         if isinstance(table, pd.DataFrame):
             table.to_csv(out / f"{name}.csv", index=False)

@@ -166,7 +166,17 @@ def _sections(study: StudyRuns, t: dict[str, Any]) -> list[dict[str, Any]]:
         {"id": "trials", "title": "Trials", "figures": [],
          "tables": [table("Every trial at its final evaluated epoch", trials)]},
         *_pareto_section(study),
+        *_intervention_section(t),
     ]
+
+
+def _intervention_section(t: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 23's section (analysis.crosstrial.intervention_report), when the study has one."""
+    sec = t.get("intervention")
+    if not sec:
+        return []
+    tables = [table(sec["tables"][0]["caption"], sec["effects"])] if len(sec["effects"]) else []
+    return [{**sec, "tables": tables}]
 
 
 def _pareto_section(study: StudyRuns) -> list[dict[str, Any]]:

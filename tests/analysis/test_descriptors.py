@@ -9,12 +9,14 @@ from analysis import descriptors
 
 FULL = names.MetricSpec(shapes=("5w1s", "5w5s", "20w5s"), classifiers=("ncc", "ncc_l2",
                         "ncc_raw", "logreg"), taps=("act1", "layer1", "layer4"),
-                        layer_splits=names.SPLITS, estimators=names.ESTIMATORS)
+                        layer_splits=names.SPLITS, estimators=names.ESTIMATORS,
+                        control_losses=names.CONTROL_LOSSES)
 
 
 def test_every_name_the_contract_builds_has_a_descriptor():
     missing = [n for n in names.all_names(FULL) if names.descriptor(n) is None]
     assert not missing
+    assert set(names.CONTROL_LOSSES) <= names.all_names(FULL)
     probed = [names.probe_key("digits", n) for n in names.all_names(FULL)]
     assert all(names.descriptor(n) is not None for n in probed)
 

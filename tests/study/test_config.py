@@ -40,6 +40,12 @@ BAD = [
     (["--set", "dataset.num_source_classes=100000"], "num_source_classes"),
     (["--set", "training.lr"], "--set: 'training.lr' is not key=value"),
     (["--set", "search.num_samples=0"], "search.num_samples"),
+    (["--set", "training.center_loss=-0.1"], "training.center_loss"),
+    (["--set", "training.feature_entropy=-1"], "training.feature_entropy"),
+    (["--set", "training.etf_head=true", "--set", "backbone.width=0.125"],
+     "training.etf_head: a simplex ETF of 100 source classes needs a feature width of at least 99"),
+    (["--set", "space.etf_head.type=categorical", "--set", "space.etf_head.values=[false,true]",
+      "--set", "backbone.width=0.125"], "space.etf_head: True is not allowed"),
 ]
 
 
@@ -178,3 +184,23 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_study_config(str(path)) == cfg
     assert StudyConfig.model_validate(cfg.model_dump()) == cfg
+
+
+def test_collapse_control_preset_is_an_intervention_grid():
+    """Issue 23: fixed lr and epochs, a grid from mitigating to inducing collapse, 3+ seeds,
+    and its control losses in `nctune metrics` (the demo's list has none)."""
+    cfg = load_study_config("collapse-control")
+    assert cfg.search.sampler == "grid"
+    assert set(cfg.searched()) == {"feature_entropy", "etf_head", "seed"}
+    assert "lr" not in cfg.space and "epochs" not in cfg.space
+    assert len(cfg.space["seed"].values) >= 3
+    entropy = cfg.space["feature_entropy"].values
+    assert max(entropy) > 0 and 0.0 in entropy
+    assert cfg.space["etf_head"].values == [False, True]
+    assert "source/entropy_loss" in cfg.metric_names()
+    assert "source/center_loss" not in cfg.metric_names()
+    assert "source/center_loss" in load_study_config(
+        "collapse-control", ["space.center_loss.type=categorical",
+                             "space.center_loss.values=[0.0,0.01]"]).metric_names()
+    assert not {"source/center_loss", "source/entropy_loss"} & load_study_config(
+        "demo").metric_names()
