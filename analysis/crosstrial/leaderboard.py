@@ -318,8 +318,8 @@ def verdict_sentence(v: Verdict | None) -> str:
         return line + f" Source test accuracy: τ_w {base}; too few trials to tell them apart."
     est, low = (f"{u:+.2f}".replace("-", "−") for u in (v.winner_tau_w.estimate - b.estimate,
                                                          v.diff_ci[0]))
-    gap = (f"{est}, at least {low} (a 95% lower bound adjusted for comparing all "
-           f"{v.n_compared} candidates with it: max-statistic bootstrap, Romano & Wolf 2005)")
+    gap = (f"{est}, at least {low} (a {100 * CLAIM_LEVEL:g}% lower bound adjusted for comparing "
+           f"all {v.n_compared} candidates with it: max-statistic bootstrap, Romano & Wolf 2005)")
     if v.separates:
         return line + (f" That is clearly better than source test accuracy (τ_w {base}): the "
                        f"difference is {gap}.")

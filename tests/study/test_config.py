@@ -204,3 +204,12 @@ def test_collapse_control_preset_is_an_intervention_grid():
                              "space.center_loss.values=[0.0,0.01]"]).metric_names()
     assert not {"source/center_loss", "source/entropy_loss"} & load_study_config(
         "demo").metric_names()
+
+
+def test_regularisers_preset_holds_lr_and_epochs_fixed():
+    """The preset that lets the partial correlation be estimated: only the regularisers and
+    width move, so source accuracy does not decide transfer alone (README, issue 20 item 8)."""
+    cfg = load_study_config("regularisers")
+    assert set(cfg.searched()) == {"weight_decay", "label_smoothing", "dropout", "width"}
+    assert cfg.training.lr == load_study_config("demo").training.lr
+    assert cfg.dataset == load_study_config("demo").dataset
