@@ -50,6 +50,8 @@ class Report:
         n_usable, n_trials: usable trials and all trials of the study.
         too_few: why there is no correlation ("" when there is one).
         log_error: why logging to MLflow failed ("" when it worked or was not asked for).
+        answer: how many leading verdict lines answer the study's question (the headline, the
+            partial correlation, the power): what `nctune run` prints at its end.
     """
 
     path: Path
@@ -60,6 +62,7 @@ class Report:
     too_few: str = ""
     log_error: str = ""
     tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    answer: int = 1
 
 
 def default_out_dir(study_name: str) -> Path:
@@ -91,7 +94,7 @@ def analyze(study_name: str, tracking_uri: str | None = None, out_dir: Path | st
     too_few = "" if n_usable >= corr.MIN_TRIALS else (
         f"only {n_usable} of {len(study.trials)} trials are usable (completed or early-stopped, "
         f"not diverged, with evaluation metrics); a correlation needs at least {corr.MIN_TRIALS}")
-    verdict = _verdict(study, t, too_few)
+    verdict, answer = _verdict(study, t, too_few)
     figures = _figures(study, t, out / "figures", seed)
     # ---- issue 23: "Does moving collapse move transfer?" (crosstrial.intervention_report);
     # None unless the study searched a collapse control with an all-off level.
@@ -113,7 +116,8 @@ def analyze(study_name: str, tracking_uri: str | None = None, out_dir: Path | st
     path.write_text(render(fmt, study, t, verdict, figures, out), encoding="utf-8")
     log_error = _log(study, out, metrics) if log_to_mlflow else ""
     tables = {k: v for k, v in t.items() if isinstance(v, pd.DataFrame)}
-    return Report(path, verdict, metrics, n_usable, len(study.trials), too_few, log_error, tables)
+    return Report(path, verdict, metrics, n_usable, len(study.trials), too_few, log_error, tables,
+                  answer)
 
 
 def _tables(study: StudyRuns, *, n_boot: int, seed: int) -> dict[str, Any]:
@@ -162,8 +166,9 @@ def _pick(table: pd.DataFrame, x: str, y: str | None, method: str) -> pd.Series 
     return r.iloc[0] if len(r) else None
 
 
-def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
-    """Plain-language sentences; each number comes with its interval and its sample size."""
+def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> tuple[list[str], int]:
+    """Plain-language sentences, each number with its interval and its sample size; and how many
+    of them (from the top) answer the study's question."""
     trials, usable = study.trials, study.usable
     notes: list[str] = []
     left = trials[~trials["usable"]]
@@ -177,7 +182,7 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
     if too_few or s is None or not np.isfinite(s.estimate):
         why = too_few or (s.reason if s is not None else
                           f"the study logged no {HEADLINE_X} or no few-shot accuracy")
-        return [f"No correlation is reported: {why}.", *notes]
+        return [f"No correlation is reported: {why}.", *notes], 1
     ps = _pick(t["correlations"], HEADLINE_X, y, "partial_spearman")
     yname = describe(y)
     n, how = s.n_trials, verdict_mod.state(s)
@@ -201,6 +206,7 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
         out.append(partial_sentence(s, ps) or "")
         out.append(fisherz.power_sentence(ps.n_trials))
     out = [line for line in out if line]
+    answer = len(out)
     if 5 <= n < 10:
         out.append(f"With only {n} trials the intervals are wide: treat this as preliminary.")
     elif 10 <= n < 20:
@@ -230,7 +236,7 @@ def _verdict(study: StudyRuns, t: dict[str, Any], too_few: str) -> list[str]:
     n_pairs = len(t["correlations"][["collapse", "transfer"]].drop_duplicates())
     out.append(f"The tables test {n_pairs} metric pairs with 4 methods at two levels; only the "
                f"headline ({HEADLINE_X} vs {y}) was fixed in advance, the rest is exploratory.")
-    return out + notes
+    return out + notes, answer
 
 
 def partial_sentence(s: Any, ps: Any) -> str | None:

@@ -127,10 +127,10 @@ def write_report(state: StudyState, folder: Path, best: tuple[str, float] | None
     except (InputError, MlflowException) as exc:
         say(f"  no report: {redact_text(str(exc), state.tracking_uri)}")
         return
-    say(f"\n{report.verdict[0]}" if report.verdict else "")
+    say("\n" + "\n".join(report.verdict[:report.answer]) if report.verdict else "")
     say(f"Report: {report.path}")
     headline = [f"Best: {best[0]} with {state.metric} = {best[1]:.4f}."] if best else []
-    set_headline(state, headline + report.verdict[:1])
+    set_headline(state, headline + report.verdict[:report.answer])
 
 
 def set_headline(state: StudyState, lines: list[str]) -> None:

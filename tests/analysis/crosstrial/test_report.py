@@ -85,6 +85,7 @@ def test_verdict_states_the_relation_with_its_interval(demo: tuple[str, Report])
     # the next sentence is the decision table's: the partial with its interval, or why not
     assert re.search(r"\(partial −?\d\.\d\d \[|No partial correlation: ", rep.verdict[1])
     assert rep.verdict[2].startswith("Power: with 14 trials")
+    assert rep.answer == 3  # what `nctune run` prints: the headline never without its partial
     text = " ".join(rep.verdict)
     assert "modest sample" in text  # 14 trials
     assert "2 of 16 trials were left out (1 failed, 1 diverged)" in text
