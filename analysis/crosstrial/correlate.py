@@ -49,6 +49,11 @@ MIN_BOOT_TRIALS = 5
 # pooled points it is still left to the (trial-level) interval, the one the verdict uses.
 MAX_KENDALL_POINTS = 800
 KENDALL_BLOCK_CELLS = 2_000_000  # (replicate, point) cells per rank_tau call: bounded memory
+# A correlation table's bootstrap costs replicates x points per pair: at most this many cells, but
+# never fewer than MIN_REPLICATES replicates. Studies up to ~500 trials keep the asked-for count
+# at trial level; pooled (trial, epoch) points of a 1,000-trial study get 200.
+BOOT_CELLS = 1_000_000
+MIN_REPLICATES = 200
 # The partial correlation is withheld above this |Spearman| between the control and either variable,
 # or when more than this share of bootstrap resamples has no partial correlation (module docstring).
 CONTROL_RHO_MAX = 0.95
@@ -373,6 +378,12 @@ def primary_transfer(study: StudyRuns) -> str | None:
     return cols[0] if cols else None
 
 
+def replicates(n_boot: int, n_points: int) -> int:
+    """Bootstrap replicates for `n_points` points: `n_boot`, cut so replicates x points stays
+    within BOOT_CELLS, never below MIN_REPLICATES (the cost grows linearly with the study)."""
+    return max(min(n_boot, MIN_REPLICATES), min(n_boot, BOOT_CELLS // max(n_points, 1)))
+
+
 def correlation_table(study: StudyRuns, *, level: str = "trial", n_boot: int = 2000,
                       seed: int = 0, methods: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Every (collapse metric, transfer metric, method) over the usable trials.
@@ -384,6 +395,7 @@ def correlation_table(study: StudyRuns, *, level: str = "trial", n_boot: int = 2
     if level not in ("trial", "epoch"):
         raise ValueError(f"level: {level!r} is not one of 'trial', 'epoch'")
     frame = study.usable if level == "trial" else study.usable_history
+    n_boot = replicates(n_boot, len(frame))
     rows = []
     for xc in collapse_columns(frame):
         for yc in transfer_columns(frame):

@@ -210,3 +210,12 @@ def test_generalization_corrects_biased_cdnv_by_images_per_class(
     assert "n/(n-1)" in r["variant"]
     want = (0.55 * 5 / 4) / (0.4 * 15 / 14)  # conftest's factors, corrected
     assert r["median_ratio"] == pytest.approx(want, rel=0.05)
+
+
+def test_replicates_shrink_with_the_points_but_not_below_the_floor():
+    from analysis.crosstrial.correlate import BOOT_CELLS, MIN_REPLICATES, replicates
+
+    assert replicates(2000, 16) == 2000 and replicates(1000, 80) == 1000  # small studies as asked
+    assert replicates(1000, 20_000) == MIN_REPLICATES  # a 1,000-trial study's pooled points
+    assert replicates(2000, 1000) * 1000 <= BOOT_CELLS
+    assert replicates(100, 20_000) == 100  # never more than asked
