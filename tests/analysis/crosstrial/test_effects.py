@@ -152,3 +152,11 @@ def test_per_value_summaries_only_where_values_recur() -> None:
     assert few_values(pd.Series([0.1, 0.2, 0.3]), {"type": "categorical"})  # a grid sweep
     assert few_values(pd.Series(["sgd", "adamw", "sgd"]))
     assert not few_values(pd.Series(np.resize(np.arange(13.0), 26)))  # over MAX_GRID_VALUES
+
+
+def test_fanova_stops_growing_with_the_study():
+    from analysis.crosstrial.effects import FANOVA_FULL_TRIALS, FANOVA_LARGE_DEPTH, fanova_for
+
+    small, large = fanova_for(FANOVA_FULL_TRIALS, 0), fanova_for(FANOVA_FULL_TRIALS + 1, 0)
+    assert small._evaluator._forest.max_depth == 64  # Optuna's default, as before
+    assert large._evaluator._forest.max_depth == FANOVA_LARGE_DEPTH
