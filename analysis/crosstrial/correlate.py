@@ -50,9 +50,9 @@ MIN_BOOT_TRIALS = 5
 MAX_KENDALL_POINTS = 800
 KENDALL_BLOCK_CELLS = 2_000_000  # (replicate, point) cells per rank_tau call: bounded memory
 # A correlation table's bootstrap costs replicates x points per pair: at most this many cells, but
-# never fewer than MIN_REPLICATES replicates. Studies up to ~500 trials keep the asked-for count
+# never fewer than MIN_REPLICATES replicates. Studies up to 250 trials keep the asked-for count
 # at trial level; pooled (trial, epoch) points of a 1,000-trial study get 200.
-BOOT_CELLS = 1_000_000
+BOOT_CELLS = 500_000
 MIN_REPLICATES = 200
 # The partial correlation is withheld above this |Spearman| between the control and either variable,
 # or when more than this share of bootstrap resamples has no partial correlation (module docstring).

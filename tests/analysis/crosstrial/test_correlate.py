@@ -217,5 +217,5 @@ def test_replicates_shrink_with_the_points_but_not_below_the_floor():
 
     assert replicates(2000, 16) == 2000 and replicates(1000, 80) == 1000  # small studies as asked
     assert replicates(1000, 20_000) == MIN_REPLICATES  # a 1,000-trial study's pooled points
-    assert replicates(2000, 1000) * 1000 <= BOOT_CELLS
+    assert replicates(2000, 1000) * 1000 <= BOOT_CELLS and replicates(2000, 250) == 2000
     assert replicates(100, 20_000) == 100  # never more than asked
