@@ -37,6 +37,12 @@ from scipy import stats
 
 from analysis import contract as names
 from analysis.crosstrial import fisherz, rank_tau, store
+from analysis.crosstrial.resample import (  # noqa: F401  (re-exported)
+    BOOT_CELLS,
+    MIN_REPLICATES,
+    cluster_weights,
+    replicates,
+)
 from analysis.crosstrial.runs import StudyRuns
 
 CONTROL = names.SOURCE_TEST_ACC
@@ -49,11 +55,6 @@ MIN_BOOT_TRIALS = 5
 # pooled points it is still left to the (trial-level) interval, the one the verdict uses.
 MAX_KENDALL_POINTS = 800
 KENDALL_BLOCK_CELLS = 2_000_000  # (replicate, point) cells per rank_tau call: bounded memory
-# A correlation table's bootstrap costs replicates x points per pair: at most this many cells, but
-# never fewer than MIN_REPLICATES replicates. Studies up to 250 trials keep the asked-for count
-# at trial level; pooled (trial, epoch) points of a 1,000-trial study get 200.
-BOOT_CELLS = 500_000
-MIN_REPLICATES = 200
 # The partial correlation is withheld above this |Spearman| between the control and either variable,
 # or when more than this share of bootstrap resamples has no partial correlation (module docstring).
 CONTROL_RHO_MAX = 0.95
@@ -97,16 +98,6 @@ def register_method(name: str, *, pvalue: Callable[..., float],
         METHODS[name] = Method(fn, pvalue, needs_control)
         return fn
     return deco
-
-
-def cluster_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n_points) counts: each replicate draws len(unique(groups)) groups with replacement
-    and every point weighs as often as its group was drawn."""
-    codes, uniques = pd.factorize(pd.Series(groups))
-    g = len(uniques)
-    picks = rng.integers(0, g, size=(n_boot, g)) + g * np.arange(n_boot)[:, None]
-    counts = np.bincount(picks.ravel(), minlength=n_boot * g).reshape(n_boot, g)
-    return counts[:, codes].astype(float)
 
 
 def _tie_groups(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -376,12 +367,6 @@ def primary_transfer(study: StudyRuns) -> str | None:
         if c in cols:
             return c
     return cols[0] if cols else None
-
-
-def replicates(n_boot: int, n_points: int) -> int:
-    """Bootstrap replicates for `n_points` points: `n_boot`, cut so replicates x points stays
-    within BOOT_CELLS, never below MIN_REPLICATES (the cost grows linearly with the study)."""
-    return max(min(n_boot, MIN_REPLICATES), min(n_boot, BOOT_CELLS // max(n_points, 1)))
 
 
 def correlation_table(study: StudyRuns, *, level: str = "trial", n_boot: int = 2000,
