@@ -130,8 +130,8 @@ def pair_moments(features: Tensor, labels: Tensor, *,
     sqrt(tr Sigma_i^2 tr Sigma_j^2), which needs only the per-class diagonal (O(N n D)): the
     variance of the margin can only grow, so the Cantelli bound stays a bound, a little looser.
     """
-    x = features.detach().to("cpu", torch.float64)
-    y = torch.unique(labels.detach().cpu(), return_inverse=True)[1]
+    x = features.detach().to(dtype=torch.float64)  # on the features' device
+    y = torch.unique(labels.detach().to(x.device), return_inverse=True)[1]
     h = torch.nn.functional.one_hot(y).to(torch.float64)
     n = h.sum(0)
     means = h.T @ x / n[:, None]
@@ -152,7 +152,7 @@ def pair_moments(features: Tensor, labels: Tensor, *,
 
 
 def _cross_exact(r: Tensor, h: Tensor, n: Tensor) -> Tensor:
-    cross = torch.zeros(len(n), len(n), dtype=torch.float64)
+    cross = torch.zeros(len(n), len(n), dtype=torch.float64, device=r.device)
     for start in range(0, len(r), _ROWS):  # row blocks: never the whole N x N Gram at once
         block = slice(start, start + _ROWS)
         cross += h[block].T @ ((r[block] @ r.T) ** 2 @ h)
@@ -165,8 +165,9 @@ def _cross_cauchy_schwarz(r: Tensor, y: Tensor, n: Tensor) -> Tensor:
     order = torch.argsort(y, stable=True)
     first = torch.searchsorted(y[order], y[order])
     slot = torch.empty_like(y)
-    slot[order] = torch.arange(len(y)) - first
-    padded = torch.zeros(len(n), int(n.max()), r.shape[1], dtype=torch.float64)
+    slot[order] = torch.arange(len(y), device=y.device) - first
+    padded = torch.zeros(len(n), int(n.max()), r.shape[1], dtype=torch.float64,
+                         device=r.device)
     padded[y, slot] = r  # zero rows add nothing to a Gram
     diag = (padded @ padded.transpose(1, 2)).pow(2).sum((1, 2)) / n ** 2
     cross = (diag[:, None] * diag[None, :]).sqrt()

@@ -56,13 +56,13 @@ def knn_loo_accuracy(features: Tensor, labels: Tensor, k: int = KNN_K) -> float:
     tops = []
     for start in range(0, len(xn), _ROWS):  # row blocks: never the whole N x N at once
         sim = xn[start:start + _ROWS] @ xn.T
-        rows = torch.arange(start, start + len(sim))
+        rows = torch.arange(start, start + len(sim), device=sim.device)
         sim[rows - start, rows] = -float("inf")  # leave each image out of its own vote
         tops.append(sim.topk(k, dim=1))
     top_sim = torch.cat([t.values for t in tops])
     top_idx = torch.cat([t.indices for t in tops])
     classes = int(y.max()) + 1
-    votes = torch.zeros(len(y), classes, dtype=torch.float64)
+    votes = torch.zeros(len(y), classes, dtype=torch.float64, device=x.device)
     votes.scatter_add_(1, y[top_idx], torch.ones_like(top_sim))
     sims = torch.zeros_like(votes).scatter_add_(1, y[top_idx], top_sim)
     # counts are integers; (sims + k) / (2k + 1) lies in [0, 1): it only breaks ties

@@ -87,7 +87,7 @@ def gbc(features: Tensor, labels: Tensor, *, dims: int = GBC_DIMS,
         db = (diff2 / v).sum(-1) / 8 + 0.5 * (v.log() - (logv[blk, None, :] + logv[None, :, :])
                                               / 2).sum(-1)
         bc = torch.exp(-db)
-        rows = torch.arange(start, start + len(bc))
+        rows = torch.arange(start, start + len(bc), device=bc.device)
         bc[rows - start, rows] = 0.0  # i = j is no pair
         total += float(bc.sum())
     return -total
@@ -95,7 +95,8 @@ def gbc(features: Tensor, labels: Tensor, *, dims: int = GBC_DIMS,
 
 def _shrunk(s: Tensor, shrinkage: float) -> Tensor:
     d = s.shape[0]
-    return (1 - shrinkage) * s + shrinkage * torch.trace(s) / d * torch.eye(d, dtype=s.dtype)
+    eye = torch.eye(d, dtype=s.dtype, device=s.device)
+    return (1 - shrinkage) * s + shrinkage * torch.trace(s) / d * eye
 
 
 def _cov(x: Tensor) -> Tensor:
@@ -117,7 +118,8 @@ def _cholesky(s: Tensor) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(s)
     ridge = 1e-10 * float(torch.trace(s)) / len(s)
     while int(info) != 0 and ridge < float(torch.trace(s)):
-        chol, info = torch.linalg.cholesky_ex(s + ridge * torch.eye(len(s), dtype=s.dtype))
+        eye = torch.eye(len(s), dtype=s.dtype, device=s.device)
+        chol, info = torch.linalg.cholesky_ex(s + ridge * eye)
         ridge *= 100
     return chol
 
@@ -138,7 +140,7 @@ class LDA:
     def transform(self, x: Tensor, components: int) -> Tensor:
         """x in the first `components` discriminant directions (scikit-learn's eigen solver):
         the generalised eigenvectors V of S_b V = S_w V Lambda, V^T S_w V = I, largest first."""
-        eye = torch.eye(len(self.chol), dtype=_F64)
+        eye = torch.eye(len(self.chol), dtype=_F64, device=self.chol.device)
         inv_l = torch.linalg.solve_triangular(self.chol, eye, upper=False)
         evals, u = torch.linalg.eigh(inv_l @ self.sb @ inv_l.T)
         scalings = (inv_l.T @ u)[:, torch.argsort(evals, descending=True)]

@@ -3,8 +3,9 @@
 LogME (You et al., ICML 2021) and the shrinkage H-score (Bao et al., ICIP 2019; Ibrahim et al.,
 ICLR 2022). Both take the target features (N, D) and labels (N,) of a trial's evaluation; both
 are higher for features from which the labels are more linearly predictable. Computed in
-float64 on the CPU: the inputs are at most a few thousand rows, and eigendecompositions of
-D x D matrices are cheaper there than a device round trip would save.
+float64 where the features are: on the CPU of a CPU trial, on the GPU of a GPU trial, where a
+trial holds one CPU thread and the CPU's D x D eigendecompositions took most of an evaluation
+(benchmarks/eval_breakdown.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ LOGME_EPS = 1e-5  # added to the squared norms in the fixed point, as in the ref
 
 
 def as_f64(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Features as CPU float64 (N, D) and labels as CPU int64 codes 0..C-1."""
-    x = features.detach().to("cpu", _F64)
-    y = torch.unique(labels.detach().cpu(), return_inverse=True)[1]
+    """Features as float64 (N, D) and labels as int64 codes 0..C-1, both on the features'
+    device."""
+    x = features.detach().to(dtype=_F64)
+    y = torch.unique(labels.detach().to(x.device), return_inverse=True)[1]
     return x, y
 
 
@@ -78,7 +80,7 @@ def logme(features: Tensor, labels: Tensor) -> float:
     z2 = (u.T @ yy) ** 2  # (k, C)
     rest = (yy ** 2).sum(0) - z2.sum(0)
     sig = sigma[:, None]
-    alpha = torch.ones(yy.shape[1], dtype=_F64)
+    alpha = torch.ones(yy.shape[1], dtype=_F64, device=yy.device)
     beta = torch.ones_like(alpha)
     m2 = torch.zeros_like(alpha)
     res2 = torch.zeros_like(alpha)
@@ -122,7 +124,7 @@ def ledoit_wolf(xc: Tensor) -> tuple[Tensor, float]:
     delta = (delta_sum - 2 * mu * torch.trace(s) + d * mu ** 2) / d
     b = torch.minimum(b, delta)
     shrink = 0.0 if float(delta) == 0 else float(b / delta)
-    cov = (1 - shrink) * s + shrink * mu * torch.eye(d, dtype=s.dtype)
+    cov = (1 - shrink) * s + shrink * mu * torch.eye(d, dtype=s.dtype, device=s.device)
     return cov, shrink
 
 

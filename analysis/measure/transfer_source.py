@@ -17,8 +17,8 @@ _F64 = torch.float64
 
 
 def _inputs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    theta = torch.softmax(logits.detach().to("cpu", _F64), dim=1)
-    y = torch.unique(labels.detach().cpu(), return_inverse=True)[1]
+    theta = torch.softmax(logits.detach().to(dtype=_F64), dim=1)  # on the logits' device
+    y = torch.unique(labels.detach().to(theta.device), return_inverse=True)[1]
     return theta, y
 
 
@@ -53,8 +53,9 @@ def nce(logits: Tensor, labels: Tensor) -> float:
     """
     theta, y = _inputs(logits, labels)
     z = theta.argmax(1)
-    joint = torch.zeros(int(y.max()) + 1, theta.shape[1], dtype=_F64)
-    joint.index_put_((y, z), torch.ones(len(y), dtype=_F64), accumulate=True)
+    joint = torch.zeros(int(y.max()) + 1, theta.shape[1], dtype=_F64, device=theta.device)
+    joint.index_put_((y, z), torch.ones(len(y), dtype=_F64, device=theta.device),
+                     accumulate=True)
     joint /= len(y)
     pz = joint.sum(0, keepdim=True).expand_as(joint)
     nz = joint > 0

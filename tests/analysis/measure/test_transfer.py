@@ -163,3 +163,22 @@ def test_row_blocks_change_nothing(monkeypatch):
     assert knn_loo_accuracy(t(f), t(y)) == ref.knn_ref(f, y, KNN_K)
     f, y = blobs(classes=70, per=3, dim=6, spread=2.0)
     assert gbc(t(f), t(y)) == pytest.approx(ref.gbc_ref(f, y), rel=1e-7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dim", [16, 300])  # N > D and N < D take different spectral paths
+def test_cuda_features_give_the_cpu_values(dim):
+    """Every estimator and the Cantelli bound run where the features are (float64 on the GPU
+    of a GPU trial) and give the CPU's values."""
+    from trainables.evaluate_transfer import transfer_and_bound
+
+    f, y = blobs(classes=20, per=12, dim=dim, spread=1.5)
+    logits = f @ np.random.default_rng(2).normal(size=(dim, 9))
+    x, lab, lg = t(f).float(), t(y), t(logits).float()
+    center = x.mean(0)
+    cpu = transfer_and_bound(x, lab, lg, ESTIMATORS, ["5w1s", "5w5s"], center)
+    gpu = transfer_and_bound(x.cuda(), lab.cuda(), lg.cuda(), ESTIMATORS, ["5w1s", "5w5s"],
+                             center.cuda())
+    assert list(gpu) == list(cpu)
+    for key, value in cpu.items():
+        assert gpu[key] == pytest.approx(value, rel=1e-7, abs=1e-9), key
