@@ -188,4 +188,7 @@ def test_runs_on_cuda_with_either_generator() -> None:
             out = aug(images, gen)
             assert out.is_cuda and out.shape == images.shape
     cpu = BatchAugment(SIZE, mode="pad_crop", flip=True)(images.cpu(), _gen(5))
-    assert torch.equal(BatchAugment(SIZE, mode="pad_crop", flip=True)(images, _gen(5)).cpu(), cpu)
+    gpu = BatchAugment(SIZE, mode="pad_crop", flip=True)(images, _gen(5)).cpu()
+    # the same crops and flips; normalising may round differently on the GPU (a last-bit
+    # difference, where another crop would move a pixel by at least 1/255/STD, ~0.015)
+    torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-5)
