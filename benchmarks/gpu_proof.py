@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 PRESET = "gpu-proof"
-STAGES = ("install", "pytest_gpu", "throughput", "throughput_compile", "study")
+STAGES = ("install", "eval_breakdown", "pytest_gpu", "throughput", "throughput_compile", "study")
 # --cpu: the same code on this CPU at toy sizes; every trial on the CPU, four at once on 2 cores.
 CPU_OVERRIDES = [
     "dataset.num_source_classes=8", "dataset.num_target_classes=5",
@@ -279,6 +279,8 @@ def assemble(out: Path, mode: str, install: str, wall: float) -> dict[str, Any]:
     stages = {name: stage_record(out, name) for name in STAGES}
     line: dict[str, Any] = {"benchmark": "gpu_proof", "mode": mode, "gpu": gpu_name(),
                             "install": install}
+    line["eval_breakdown"] = figure(stages, "eval_breakdown",
+                                    lambda: last_json(out / "eval_breakdown.log"))
     line["pytest_gpu"] = figure(stages, "pytest_gpu",
                                 lambda: pytest_counts(out / "pytest_gpu.xml"))
     line["throughput"] = figure(stages, "throughput",
@@ -297,6 +299,7 @@ def assemble(out: Path, mode: str, install: str, wall: float) -> dict[str, Any]:
         "resnet18_train_img_s": tp.get("resnet18_train_img_s"),
         "bf16_speedup": tp.get("amp_speedup"),
         "eval_share_of_epoch": whole.get("eval_share"),
+        "eval_share_breakdown": (line["eval_breakdown"] or {}).get("eval_share"),
         "four_at_0.25_ran_at_once": shared.get("ran_at_once"),
         "four_vs_one_whole_train_img_s": (study or {}).get("shared_vs_whole_train"),
         "four_vs_one_whole_span_img_s": (study or {}).get("shared_vs_whole_span"),

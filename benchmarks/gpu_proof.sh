@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU proof: on a bare GPU machine, install nctune from this working tree, then run
-#   1. pytest -m gpu                       (the GPU tests; counts from JUnit XML)
-#   2. benchmarks/gpu_throughput.py        (trainable vs bare loop, ResNet-18 img/s, bf16)
-#   3. benchmarks/gpu_proof.py study       (preset gpu-proof: 4 trials at 0.25 GPU, then 1 at 1)
-#   4. benchmarks/gpu_throughput.py --compile --widths none   (the same loops, torch.compile)
+#   1. benchmarks/eval_breakdown.py        (the evaluation's share of an epoch, part by part)
+#   2. pytest -m gpu                       (the GPU tests; counts from JUnit XML)
+#   3. benchmarks/gpu_throughput.py        (trainable vs bare loop, ResNet-18 img/s, bf16)
+#   4. benchmarks/gpu_proof.py study       (preset gpu-proof: 4 trials at 0.25 GPU, then 1 at 1)
+#   5. benchmarks/gpu_throughput.py --compile --widths none   (the same loops, torch.compile)
 # and print ONE JSON line, last, with every figure and each stage's rc/seconds/error
 # (benchmarks/gpu_proof.py assemble). A stage that fails or times out loses only its own figures.
 #
-#   bash benchmarks/gpu_proof.sh            # on a GPU node: at most ~8 minutes (not yet run)
+#   bash benchmarks/gpu_proof.sh            # on a GPU node: at most 9 minutes (6.5 measured)
 #   bash benchmarks/gpu_proof.sh --cpu      # toy sizes on the CPU: the whole path in minutes
 #
 # Install: nothing if the Python already imports what nctune needs; else what .whl/ holds
@@ -18,8 +19,10 @@
 # stage files, the study's runs and the packages; default a new folder under /tmp),
 # GPU_PROOF_SAVE (default $OUT if set: where gpu_proof.json and gpu_proof_logs.tgz, the stage
 # logs, are copied at the end: two files, not the thousands the stage folder holds),
-# GPU_PROOF_BUDGET_S (all stages together, default 480, 960 with --cpu; each stage also has its
-# own limit), GPU_PROOF_CPU_COMPILE=1 (with --cpu, run the torch.compile stage too).
+# GPU_PROOF_BUDGET_S (all stages together, default 540, 1080 with --cpu; each stage also has its
+# own limit), GPU_PROOF_CPU_COMPILE=1 (with --cpu, run the torch.compile stage too),
+# GPU_PROOF_STAGES (default all: a space-separated subset of eval_breakdown pytest_gpu
+# throughput study throughput_compile, for a second try that re-measures only those).
 # Exit status 0 once the line is printed: its "ok" says whether every stage ran clean.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -28,7 +31,7 @@ MODE=gpu
 for arg in "$@"; do
   case "$arg" in
     --cpu|--tiny) MODE=cpu ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "gpu_proof.sh: unknown argument '$arg'; allowed: --cpu (or --tiny), --help" >&2
        exit 2 ;;
   esac
@@ -42,7 +45,7 @@ SAVE=${GPU_PROOF_SAVE:-${OUT:-}}
 mkdir -p "$DIR" && rm -f "$DIR"/*.status "$DIR"/*.skip "$DIR"/*.off "$DIR"/study.json "$DIR"/pytest_gpu.xml
 # a shared CPU is slow and its speed varies: --cpu doubles every limit
 SCALE=1; [ "$MODE" = cpu ] && SCALE=2
-DEADLINE=$((SECONDS + ${GPU_PROOF_BUDGET_S:-$((480 * SCALE))}))
+DEADLINE=$((SECONDS + ${GPU_PROOF_BUDGET_S:-$((540 * SCALE))}))
 export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export NCTUNE_CACHE="${NCTUNE_CACHE:-$DIR/cache}"  # the glyphs, rendered once for all stages
 echo "gpu_proof: mode $MODE, python $PY, stage files in $DIR" >&2
@@ -52,6 +55,10 @@ echo "gpu_proof: mode $MODE, python $PY, stage files in $DIR" >&2
 stage() {
   local name=$1 limit=$(($2 * SCALE)) start rc
   shift 2
+  if [ -n "${GPU_PROOF_STAGES:-}" ] && [[ " $GPU_PROOF_STAGES " != *" $name "* ]]; then
+    echo "not asked for: GPU_PROOF_STAGES is '$GPU_PROOF_STAGES'" >"$DIR/$name.off"
+    return
+  fi
   local left=$((DEADLINE - SECONDS))
   [ "$limit" -gt "$left" ] && limit=$left
   if [ "$limit" -lt 15 ]; then
@@ -96,13 +103,17 @@ echo "gpu_proof: install: $INSTALL" >&2
 export PATH="$DIR/site/bin:$PATH"
 
 if [ "$MODE" = gpu ]; then
-  TP=(--epochs 6); CTP=(--epochs 4); STUDY=()
+  TP=(--epochs 6); CTP=(--epochs 4); STUDY=(); EB=(--repeats 3)
 else
   TP=(--device cpu --quick --widths 0.25,0.5,1); CTP=(--device cpu --quick); STUDY=(--cpu)
+  EB=(--cpu --repeats 2)
 fi
-# a test module whose imports are missing there (selenium) must not stop the GPU tests
-stage pytest_gpu 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
-  --junitxml="$DIR/pytest_gpu.xml"
+stage eval_breakdown 90 "$PY" benchmarks/eval_breakdown.py "${EB[@]}"
+# only the modules that hold GPU tests (collecting the whole suite takes a while); -v names
+# each test as it ends, so a stage cut short still says which ran, which failed, which hung
+mapfile -t GPU_TESTS < <(grep -rl "pytest.mark.gpu" tests --include='test_*.py' | sort)
+stage pytest_gpu 200 "$PY" -m pytest -m gpu -v --tb=short -p no:cacheprovider --timeout 150 \
+  --durations=0 --junitxml="$DIR/pytest_gpu.xml" "${GPU_TESTS[@]}"
 stage throughput 90 "$PY" benchmarks/gpu_throughput.py "${TP[@]}"
 # the sharing study before torch.compile: it matters more, and compilation may take long
 stage study 240 "$PY" benchmarks/gpu_proof.py study --out "$DIR" "${STUDY[@]}"

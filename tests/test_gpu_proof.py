@@ -145,8 +145,11 @@ def test_a_stage_left_out_by_design_is_no_failure(tmp_path):
     (tmp_path / "pytest_gpu.xml").write_text('<testsuite tests="2" skipped="2"/>')
     (tmp_path / "study.json").write_text(json.dumps({"shared": {"ran_at_once": True}}))
     write_stage(tmp_path, "throughput", 0, 5, 90, json.dumps(THROUGHPUT))
+    write_stage(tmp_path, "eval_breakdown", 0, 3, 90,
+                json.dumps({"benchmark": "eval_breakdown", "eval_share": 0.25}))
     (tmp_path / "throughput_compile.off").write_text("torch.compile on the CPU: off")
     line = gp.assemble(tmp_path, "cpu", "nothing", 5.0)
+    assert line["headline"]["eval_share_breakdown"] == 0.25
     assert line["stages"]["throughput_compile"] == {"ran": False,
                                                     "skipped": "torch.compile on the CPU: off"}
     assert line["pytest_gpu"] == {"passed": 0, "failed": 0, "errors": 0, "skipped": 2}
@@ -154,3 +157,20 @@ def test_a_stage_left_out_by_design_is_no_failure(tmp_path):
     assert line["ok"] is True
     (tmp_path / "study.status").write_text("1 3 240")
     assert gp.assemble(tmp_path, "cpu", "nothing", 5.0)["ok"] is False
+
+
+def test_eval_breakdown_times_every_part_on_the_cpu():
+    """benchmarks/eval_breakdown.py at toy sizes: the parts are the evaluation's, their sum is
+    near the whole, and the estimators' CPU baseline is measured in the same run."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_breakdown.py"), "--cpu",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["benchmark"] == "eval_breakdown" and line["device"] == "cpu"
+    parts = line["parts_s"]
+    assert {"extract/target", "collapse/source_train", "fewshot/5w5s/logreg", "transfer/logme",
+            "bound_cantelli", "layers/statistics"} <= set(parts)
+    assert 0.3 < line["parts_over_whole"] < 3
+    assert 0 < line["eval_share"] < 1
+    assert line["estimators"]["on_device"] > 0 and line["estimators"]["on_cpu"] > 0
