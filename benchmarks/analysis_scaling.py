@@ -107,6 +107,7 @@ def build(uri: str, n_trials: int, epochs: int, seed: int = 0,
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    from analysis.crosstrial import store
     from study.run import tracking
 
     t0 = time.perf_counter()
@@ -118,8 +119,8 @@ def build(uri: str, n_trials: int, epochs: int, seed: int = 0,
     searched = sorted(space)
     parent = tracking.log_study_start(
         client, exp, STUDY, "synthetic scaling study",
-        {"nctune.searched": ",".join(searched), "nctune.metric": "fewshot/5w5s/ncc/acc",
-         "nctune.mode": "max", "nctune.sampler": "random"},
+        {store.TAG_SEARCHED: ",".join(searched), store.TAG_METRIC: "fewshot/5w5s/ncc/acc",
+         store.TAG_MODE: "max", store.TAG_SAMPLER: "random"},
         {"search.num_samples": n_trials}, {"space.json": tracking.dump_json(space)})
     keys = demo_keys()
     rng = np.random.default_rng(seed)
@@ -127,9 +128,9 @@ def build(uri: str, n_trials: int, epochs: int, seed: int = 0,
     for i in range(1, n_trials + 1):
         config = {**draw_params(space, rng), "epochs": epochs, "seed": i}
         z = float(rng.normal() - 3.0 * (math.log10(config["weight_decay"]) + 3.5) ** 2 / 10)
-        tags = {"mlflow.parentRunId": parent, "nctune.study": STUDY, "nctune.role": "trial",
-                "nctune.trial_id": f"trial_{i:05d}", "nctune.trial_index": str(i),
-                "nctune.status": "running"}
+        tags = {"mlflow.parentRunId": parent, store.TAG_STUDY: STUDY, store.TAG_ROLE: "trial",
+                store.TAG_TRIAL_ID: f"trial_{i:05d}", store.TAG_TRIAL_INDEX: str(i),
+                store.TAG_STATUS: "running"}
         run = client.create_run(exp, run_name=tracking.run_name(i, config, searched), tags=tags)
         run_id = run.info.run_id
         metrics: list[Metric] = []
