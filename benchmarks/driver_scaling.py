@@ -1,7 +1,8 @@
 """Does the study driver's cost per trial stay flat over hundreds of tiny trials?
 
-Expected run time: about 20 minutes on a 2-core machine at load ~2 for the default 200 trials
-(two studies of 200 trials of ~2 s each, plus the bare baseline); `--quick` about 1.5 minutes.
+Expected run time on a 2-core machine at load ~1: about 9 minutes for the default 200 trials
+(~2.4 s each, plus the bare baseline), 17 minutes with `--compare` (two studies); `--quick`
+(6 trials, with `--compare` as its test runs it) about 1 minute.
 
 Goals (issue 21, item 5): the driver's per-trial overhead at most 1 s, and flat driver memory.
 

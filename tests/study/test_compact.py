@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ray.train import Checkpoint, CheckpointConfig
+from ray.train._internal.checkpoint_manager import _CheckpointManager
+from ray.train._internal.session import _TrainingResult
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.trainable.metadata import _TrainingRunMetadata
@@ -24,19 +27,25 @@ SEARCHED = "fewshot/5w5s/ncc/acc"
 DROPPED = ["source/train_loss", "cdnv/target", "layer/layer1/cdnv/target", "time/train_s"]
 
 
-def finished_trial() -> Trial:
-    """A Tune trial record that received two epochs' results, as the controller gives them."""
+def finished_trial(folder: Path) -> Trial:
+    """A Tune trial record that received two epochs' results, each with a checkpoint, as the
+    controller records them."""
     trial = Trial("pretrain", stub=True, config={"epochs": 2})
+    trial.run_metadata.checkpoint_manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
     for epoch in (1, 2):
-        trial.update_last_result({
-            "epoch": epoch, "training_iteration": epoch, "time_total_s": 1.5 * epoch,
-            "trial_status": "completed" if epoch == 2 else "running", "node_id": "n1",
-            SEARCHED: 0.4 + 0.1 * epoch, **{k: float(epoch) for k in DROPPED}})
+        result = {"epoch": epoch, "training_iteration": epoch, "time_total_s": 1.5 * epoch,
+                  "trial_status": "completed" if epoch == 2 else "running", "node_id": "n1",
+                  SEARCHED: 0.4 + 0.1 * epoch, **{k: float(epoch) for k in DROPPED}}
+        trial.update_last_result(result)
+        (folder / f"checkpoint_{epoch}").mkdir()
+        saved = _TrainingResult(Checkpoint(str(folder / f"checkpoint_{epoch}")), dict(result))
+        trial.run_metadata.checkpoint_manager.register_checkpoint(saved)
     return trial
 
 
-def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest() -> None:
-    trial = finished_trial()
+def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest(
+        tmp_path: Path) -> None:
+    trial = finished_trial(tmp_path)
     status = end_status(trial)
     full_json = trial.run_metadata.get_json_state()
     CompactFinishedTrials([SEARCHED]).on_trial_complete(0, [trial], trial)
@@ -49,6 +58,10 @@ def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest() -
     assert trial.last_result["epoch"] == 2 and trial.last_result["node_id"] == "n1"
     assert meta.metric_analysis["time_total_s"]["last"] == 3.0  # Tune's own keys stay
     assert end_status(trial) == status == "completed"
+    kept = trial.run_metadata.checkpoint_manager._checkpoint_results
+    assert [r.metrics["epoch"] for r in kept] == [1, 2]
+    assert all(SEARCHED in r.metrics and not set(DROPPED) & set(r.metrics) for r in kept)
+    assert trial.run_metadata.checkpoint_manager.latest_checkpoint_result is kept[-1]
     # The snapshot Tune writes next is rebuilt from the compact record, and restores to it.
     compact_json = meta.get_json_state()
     assert len(compact_json) < len(full_json)
@@ -58,17 +71,17 @@ def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest() -
     assert set(restored.metric_analysis) == set(meta.metric_analysis)
 
 
-def test_a_result_after_compaction_is_tracked_again_without_error() -> None:
+def test_a_result_after_compaction_is_tracked_again_without_error(tmp_path: Path) -> None:
     """A dropped key that comes back (never for an ended trial, but cheap to be sure of)."""
-    trial = finished_trial()
+    trial = finished_trial(tmp_path)
     compact_trial(trial, lambda key: key in DROPPED)
     trial.update_last_result({"epoch": 3, "training_iteration": 3, "cdnv/target": 9.0})
     assert trial.run_metadata.metric_analysis["cdnv/target"]["last"] == 9.0
 
 
-def test_the_encoder_log_once_entries_are_cleared() -> None:
+def test_the_encoder_log_once_entries_are_cleared(tmp_path: Path) -> None:
     """Ray's JSON encoder remembers the text of every deque it fell back on; they go."""
-    trial = finished_trial()
+    trial = finished_trial(tmp_path)
     trial.run_metadata.get_json_state()
     assert any(str(k).startswith(ENCODER_LOG_ONCE) for k in debug._logged)
     CompactFinishedTrials([SEARCHED]).on_trial_complete(0, [trial], trial)
