@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from analysis.crosstrial import store
 from study.config import StudyConfig
 from study.probe.keep import KeepEvaluatedWeights
+from study.run.compact import CompactFinishedTrials
 from study.run.optuna_store import TRIAL_ID_ATTR, mark_orphans, open_storage, storage_url
 from study.run.progress import ProgressPrinter
 from study.run.state import StudyState
@@ -172,7 +173,8 @@ def base_param_space(cfg: StudyConfig) -> dict[str, Any]:
 
 def study_callbacks(cfg: StudyConfig, state: StudyState,
                     extra: Sequence[tune.Callback] = ()) -> list[tune.Callback]:
-    """The MLflow logger, the progress line, then the caller's own callbacks (benchmarks)."""
+    """The MLflow logger, the progress line, the caller's own callbacks (benchmarks), and last
+    the compactor that drops an ended trial's metrics from Tune's memory (study.run.compact)."""
     tracker = MLflowTrialLogger(state.tracking_uri, state.experiment_id, state.parent_run_id,
                                 cfg.name, cfg.searched(), state.dataset)
     progress = ProgressPrinter(cfg.num_samples, cfg.search.metrics(), cfg.search.modes(),
@@ -180,7 +182,7 @@ def study_callbacks(cfg: StudyConfig, state: StudyState,
     # training.keep_checkpoints: evaluated keeps every evaluated epoch's weights for `nctune
     # probe`, beside Tune's newest two: Tune's own retention, and so resume, stays as it is.
     keep = [KeepEvaluatedWeights()] if cfg.training.keep_checkpoints == "evaluated" else []
-    return [tracker, progress, *keep, *extra]
+    return [tracker, progress, *keep, *extra, CompactFinishedTrials(cfg.search.metrics())]
 
 
 def quiet_ray_output() -> None:

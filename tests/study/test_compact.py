@@ -1,0 +1,119 @@
+"""study.run.compact on real Ray Tune trial records, and benchmarks/driver_scaling.py end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ray.train import Checkpoint, CheckpointConfig
+from ray.train._internal.checkpoint_manager import _CheckpointManager
+from ray.train._internal.session import _TrainingResult
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.trainable.metadata import _TrainingRunMetadata
+from ray.util import debug
+
+from study.run.compact import ENCODER_LOG_ONCE, CompactFinishedTrials, compact_trial
+from study.run.state import StudyState
+from study.run.tracking import end_status
+from study.run.tuner import study_callbacks
+from tests.study.studies import tiny_study
+
+ROOT = Path(__file__).resolve().parents[2]
+SEARCHED = "fewshot/5w5s/ncc/acc"
+DROPPED = ["source/train_loss", "cdnv/target", "layer/layer1/cdnv/target", "time/train_s"]
+
+
+def finished_trial(folder: Path) -> Trial:
+    """A Tune trial record that received two epochs' results, each with a checkpoint, as the
+    controller records them."""
+    trial = Trial("pretrain", stub=True, config={"epochs": 2})
+    trial.run_metadata.checkpoint_manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
+    for epoch in (1, 2):
+        result = {"epoch": epoch, "training_iteration": epoch, "time_total_s": 1.5 * epoch,
+                  "trial_status": "completed" if epoch == 2 else "running", "node_id": "n1",
+                  SEARCHED: 0.4 + 0.1 * epoch, **{k: float(epoch) for k in DROPPED}}
+        trial.update_last_result(result)
+        (folder / f"checkpoint_{epoch}").mkdir()
+        saved = _TrainingResult(Checkpoint(str(folder / f"checkpoint_{epoch}")), dict(result))
+        trial.run_metadata.checkpoint_manager.register_checkpoint(saved)
+    return trial
+
+
+def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest(
+        tmp_path: Path) -> None:
+    trial = finished_trial(tmp_path)
+    status = end_status(trial)
+    full_json = trial.run_metadata.get_json_state()
+    CompactFinishedTrials([SEARCHED]).on_trial_complete(0, [trial], trial)
+    meta = trial.run_metadata
+    for key in DROPPED:
+        assert key not in trial.last_result and key not in meta.metric_analysis
+        assert key not in meta.metric_n_steps
+    assert trial.last_result[SEARCHED] == pytest.approx(0.6)
+    assert meta.metric_analysis[SEARCHED]["max"] == pytest.approx(0.6)
+    assert trial.last_result["epoch"] == 2 and trial.last_result["node_id"] == "n1"
+    assert meta.metric_analysis["time_total_s"]["last"] == 3.0  # Tune's own keys stay
+    assert end_status(trial) == status == "completed"
+    kept = trial.run_metadata.checkpoint_manager._checkpoint_results
+    assert [r.metrics["epoch"] for r in kept] == [1, 2]
+    assert all(SEARCHED in r.metrics and not set(DROPPED) & set(r.metrics) for r in kept)
+    assert trial.run_metadata.checkpoint_manager.latest_checkpoint_result is kept[-1]
+    # The snapshot Tune writes next is rebuilt from the compact record, and restores to it.
+    compact_json = meta.get_json_state()
+    assert len(compact_json) < len(full_json)
+    assert all(key in full_json and key not in compact_json for key in DROPPED)
+    restored = _TrainingRunMetadata.from_json_state(compact_json)
+    assert restored.last_result == trial.last_result
+    assert set(restored.metric_analysis) == set(meta.metric_analysis)
+
+
+def test_a_result_after_compaction_is_tracked_again_without_error(tmp_path: Path) -> None:
+    """A dropped key that comes back (never for an ended trial, but cheap to be sure of)."""
+    trial = finished_trial(tmp_path)
+    compact_trial(trial, lambda key: key in DROPPED)
+    trial.update_last_result({"epoch": 3, "training_iteration": 3, "cdnv/target": 9.0})
+    assert trial.run_metadata.metric_analysis["cdnv/target"]["last"] == 9.0
+
+
+def test_the_encoder_log_once_entries_are_cleared(tmp_path: Path) -> None:
+    """Ray's JSON encoder remembers the text of every deque it fell back on; they go."""
+    trial = finished_trial(tmp_path)
+    trial.run_metadata.get_json_state()
+    assert any(str(k).startswith(ENCODER_LOG_ONCE) for k in debug._logged)
+    CompactFinishedTrials([SEARCHED]).on_trial_complete(0, [trial], trial)
+    assert not any(str(k).startswith(ENCODER_LOG_ONCE) for k in debug._logged)
+
+
+def test_the_compactor_runs_after_every_other_study_callback(tmp_path: Path) -> None:
+    """Callbacks before it, a benchmark's too, see an ended trial's whole last result."""
+    cfg = tiny_study(tmp_path)
+    state = StudyState(name=cfg.name, status="running", tracking_uri="sqlite:///x.db",
+                       experiment="nctune", experiment_id="1", parent_run_id="p",
+                       ray_path=str(tmp_path), created="now", num_samples=3,
+                       metric=SEARCHED, mode="max")
+    extra = Callback()
+    callbacks = study_callbacks(cfg, state, [extra])
+    assert isinstance(callbacks[-1], CompactFinishedTrials) and callbacks[-2] is extra
+    assert callbacks[-1].keep == frozenset(cfg.search.metrics())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_driver_scaling_benchmark_runs_quick(tmp_path: Path) -> None:
+    """benchmarks/driver_scaling.py --quick --compare end to end (so it cannot rot)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "driver_scaling.py"), "--quick", "--compare"],
+        capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for study in (out["study"], out["before_fixes"]):
+        assert study["trials"] == 6
+        assert 0 < study["own_s_mean"] <= study["cycle_s_mean"]
+        assert study["bytes_per_trial"]["mlflow"] > 0
+        assert study["store_bytes_end"]["optuna"] > 0 and study["store_bytes_end"]["ray"] > 0
+    assert out["bare_trial_s"] > 0 and out["tune_over_bare"] > 0
+    assert set(out["goals_met"]) == {"overhead_le_1s", "memory_flat"}
