@@ -31,8 +31,8 @@ the stores grow per trial as the demo's do), width and epochs fixed; one trial a
 * Baselines, same run: `bare`, the same trial config trained by `trainables.pretrain.Trainer` in a
   plain process at Ray's worker niceness (checkpoint written to a temporary folder per epoch, as
   the trainable does) -- `tune_over_bare` is the study's seconds per trial over the bare
-  trainable's; and `--compare` runs the same study a second time with the driver settings of
-  before the fixes (study.run.tuner.DRIVER_DEFAULTS_BEFORE), printing the ratio of the two.
+  trainable's; and `--compare` runs the same study a second time with the driver of before the
+  fix (`compaction_off`: study.run.compact's callback does nothing), printing the ratios.
 
 The glyph cache (NCTUNE_CACHE, default ~/.cache/nctune) is reused; stores and Ray results live in
 a temporary folder. This script starts its own local Ray and shuts down only that one. Prints
