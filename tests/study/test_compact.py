@@ -16,7 +16,12 @@ from ray.tune.experiment import Trial
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 from ray.util import debug
 
-from study.run.compact import ENCODER_LOG_ONCE, CompactFinishedTrials, compact_trial
+from study.run.compact import (
+    ENCODER_LOG_ONCE,
+    CompactFinishedTrials,
+    StepWindows,
+    compact_trial,
+)
 from study.run.state import StudyState
 from study.run.tracking import end_status
 from study.run.tuner import study_callbacks
@@ -35,6 +40,7 @@ def finished_trial(folder: Path) -> Trial:
     for epoch in (1, 2):
         result = {"epoch": epoch, "training_iteration": epoch, "time_total_s": 1.5 * epoch,
                   "trial_status": "completed" if epoch == 2 else "running", "node_id": "n1",
+                  "config": {"epochs": 2, "lr": 0.1}, "experiment_tag": "1_epochs=2,lr=0.1",
                   SEARCHED: 0.4 + 0.1 * epoch, **{k: float(epoch) for k in DROPPED}}
         trial.update_last_result(result)
         (folder / f"checkpoint_{epoch}").mkdir()
@@ -57,10 +63,16 @@ def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest(
     assert meta.metric_analysis[SEARCHED]["max"] == pytest.approx(0.6)
     assert trial.last_result["epoch"] == 2 and trial.last_result["node_id"] == "n1"
     assert meta.metric_analysis["time_total_s"]["last"] == 3.0  # Tune's own keys stay
+    assert meta.metric_analysis["epoch"]["last-5-avg"] == 1.5  # the windows' means stay
+    assert isinstance(meta.metric_n_steps, StepWindows) and not meta.metric_n_steps
+    # Tune's copies of the trial's config and tag go; the trial's own record keeps them
+    assert "config" not in trial.last_result and "experiment_tag" not in trial.last_result
+    assert trial.config == {"epochs": 2}
     assert end_status(trial) == status == "completed"
     kept = trial.run_metadata.checkpoint_manager._checkpoint_results
     assert [r.metrics["epoch"] for r in kept] == [1, 2]
     assert all(SEARCHED in r.metrics and not set(DROPPED) & set(r.metrics) for r in kept)
+    assert not any({"config", "experiment_tag"} & set(r.metrics) for r in kept)
     assert trial.run_metadata.checkpoint_manager.latest_checkpoint_result is kept[-1]
     # The snapshot Tune writes next is rebuilt from the compact record, and restores to it.
     compact_json = meta.get_json_state()
@@ -69,6 +81,7 @@ def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest(
     restored = _TrainingRunMetadata.from_json_state(compact_json)
     assert restored.last_result == trial.last_result
     assert set(restored.metric_analysis) == set(meta.metric_analysis)
+    assert restored.metric_n_steps == {}
 
 
 def test_a_result_after_compaction_is_tracked_again_without_error(tmp_path: Path) -> None:
@@ -77,6 +90,10 @@ def test_a_result_after_compaction_is_tracked_again_without_error(tmp_path: Path
     compact_trial(trial, lambda key: key in DROPPED)
     trial.update_last_result({"epoch": 3, "training_iteration": 3, "cdnv/target": 9.0})
     assert trial.run_metadata.metric_analysis["cdnv/target"]["last"] == 9.0
+    # A kept key's windows were dropped: they restart from the new value
+    assert trial.run_metadata.metric_analysis["epoch"]["max"] == 3
+    assert trial.run_metadata.metric_analysis["epoch"]["last-5-avg"] == 3.0
+    assert list(trial.run_metadata.metric_n_steps["epoch"]["10"]) == [3]
 
 
 def test_the_encoder_log_once_entries_are_cleared(tmp_path: Path) -> None:
