@@ -32,10 +32,13 @@ the stores grow per trial as the demo's do), width and epochs fixed; one trial a
   plain process at Ray's worker niceness (checkpoint written to a temporary folder per epoch, as
   the trainable does) -- `tune_over_bare` is the study's seconds per trial over the bare
   trainable's; and `--compare` runs the same study a second time with the driver of before the
-  fix (`compaction_off`: study.run.compact's callback does nothing), printing the ratios.
+  fixes (`fixes_off`: study.run.compact's callback does nothing, and study.run.allocator's
+  malloc settings are not applied), printing the ratios.
 
-The glyph cache (NCTUNE_CACHE, default ~/.cache/nctune) is reused; stores and Ray results live in
-a temporary folder. This script starts its own local Ray and shuts down only that one. Prints
+Each study runs in a fresh process (spawned) with its own local Ray, as a user's `nctune study`
+does: neither study inherits the other's memory or allocator state. The glyph cache
+(NCTUNE_CACHE, default ~/.cache/nctune) is reused; stores and Ray results live in a temporary
+folder. Each study process starts its own local Ray and shuts down only that one. Prints
 one JSON line, last. `--profile FILE` writes cProfile stats of the (first) study's driver.
 
     .venv/bin/python benchmarks/driver_scaling.py [--trials 200] [--compare] [--quick]
@@ -63,9 +66,8 @@ from ray import tune
 
 from study.config import StudyConfig
 from study.presets import read_preset
-from study.run import compact
+from study.run import compact, tuner
 from study.run.driver import run_study
-from study.run.tuner import init_ray
 
 MARK = 20  # the trial whose completion is the reference point for memory and store growth
 FLAT_MB_PER_100 = 5.0  # "flat" driver memory: growth under this many MB per 100 trials
@@ -170,14 +172,17 @@ def p95(values: list[float]) -> float:
 
 
 @contextmanager
-def compaction_off() -> Iterator[None]:
-    """The driver as it was before study.run.compact: ended trials keep every metric in Tune."""
-    saved = compact.CompactFinishedTrials.on_trial_complete
+def fixes_off() -> Iterator[None]:
+    """The driver as it was before the fixes: ended trials keep every metric in Tune
+    (study.run.compact's callback does nothing) and glibc's allocator keeps its defaults
+    (study.run.allocator is not applied)."""
+    saved = compact.CompactFinishedTrials.on_trial_complete, tuner.settle_allocator
     compact.CompactFinishedTrials.on_trial_complete = tune.Callback.on_trial_complete  # type: ignore[method-assign]
+    tuner.settle_allocator = lambda: False
     try:
         yield
     finally:
-        compact.CompactFinishedTrials.on_trial_complete = saved  # type: ignore[method-assign]
+        compact.CompactFinishedTrials.on_trial_complete, tuner.settle_allocator = saved  # type: ignore[method-assign]
 
 
 def run_one(root: Path, name: str, trials: int, concurrent: int, mark: int,
@@ -232,6 +237,31 @@ def run_one(root: Path, name: str, trials: int, concurrent: int, mark: int,
                             for k in end_sizes},
         "store_bytes_end": end_sizes,
     }
+
+
+def study_process(root: str, name: str, trials: int, concurrent: int, mark: int,
+                  profile: str | None, before: bool, out: Any) -> None:
+    """A study in a process of its own (a driver as the user's `nctune study` is: its own Ray,
+    its own allocator state); `before` turns the fixes off."""
+    with fixes_off() if before else contextlib.nullcontext():
+        tuner.init_ray(None)
+        try:
+            out.put(run_one(Path(root), name, trials, concurrent, mark, profile))
+        finally:
+            ray.shutdown()
+
+
+def study_in_process(*args: Any) -> dict[str, Any]:
+    """Run `study_process(*args)` in a fresh spawned process; its figures."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=study_process, args=(*args, out))
+    proc.start()
+    result = out.get()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"the study process exited with {proc.exitcode}")
+    return result
 
 
 def bare_trials(count: int, out: Any) -> None:
@@ -292,19 +322,13 @@ def main() -> None:
     bare_s = bare_baseline(1 if args.quick else 10)
     os.environ.pop("RAY_ADDRESS", None)
     with tempfile.TemporaryDirectory(prefix="nctune-driver-") as tmp:
-        init_ray(None)
-        try:
-            # The fixed driver first: the second study may reuse memory the first freed,
-            # which could only flatter the one that runs second
-            after = run_one(Path(tmp) / "after", "after", trials, args.concurrent, mark,
-                            args.profile)
-            before = None
-            if args.compare:
-                with compaction_off():
-                    before = run_one(Path(tmp) / "before", "before", trials, args.concurrent,
-                                     mark, None)
-        finally:
-            ray.shutdown()
+        # Each study is a fresh process with its own Ray: neither inherits the other's memory
+        after = study_in_process(str(Path(tmp) / "after"), "after", trials, args.concurrent,
+                                 mark, args.profile, False)
+        before = None
+        if args.compare:
+            before = study_in_process(str(Path(tmp) / "before"), "before", trials,
+                                      args.concurrent, mark, None, True)
     cycle = after["cycle_s_mean"]
     result: dict[str, Any] = {
         "benchmark": "driver_scaling",

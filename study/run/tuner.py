@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from analysis.crosstrial import store
 from study.config import StudyConfig
 from study.probe.keep import KeepEvaluatedWeights
+from study.run.allocator import settle_allocator
 from study.run.compact import CompactFinishedTrials
 from study.run.optuna_store import TRIAL_ID_ATTR, mark_orphans, open_storage, storage_url
 from study.run.progress import ProgressPrinter
@@ -34,9 +35,11 @@ from trainables.pretrain import pretrain
 def init_ray(address: str | None, *, dashboard: bool = False) -> None:
     """Join `address` (or $RAY_ADDRESS); else start a local Ray that listens on 127.0.0.1 only,
     with token authentication on (Ray's default, never turned off here) and no dashboard unless
-    asked for (then on 127.0.0.1 too)."""
+    asked for (then on 127.0.0.1 too). First the driver's allocator is settled (allocator.py),
+    before Ray's threads take their arenas."""
     import ray
 
+    settle_allocator()
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return
