@@ -22,7 +22,8 @@ the stores grow per trial as the demo's do), width and epochs fixed; one trial a
   callbacks (MLflow, progress), Tune's experiment snapshots. Mean, median and p95 over trials,
   and the mean over trials 1-20 and over the last 20, to show growth. Goal: mean <= 1 s.
 * Driver memory: the driver process's RSS (psutil) as each trial completes; reported at trial 20
-  and at the end, and its growth per 100 trials (least-squares slope over trials 20..end).
+  and at the end, and its growth per 100 trials (least-squares slope over trials 20..end; and
+  over the last half of the trials alone, to tell growth that slows from growth that does not).
   "Flat" here means a slope under 5 MB per 100 trials (under 50 MB at 1,000 trials, a few % of
   a head node's Python process) -- a threshold chosen before measuring, not from the result.
 * Stores per trial: (size at the end - size at trial 20) / trials since: the MLflow sqlite file
@@ -210,6 +211,8 @@ def run_one(root: Path, name: str, trials: int, concurrent: int, mark: int,
     since = max(1, n - mark) if probe.sizes_at_mark else n
     tail = slice(max(mark - 1, 0), n)
     growth = slope(list(range(mark, n + 1)), probe.rss[tail]) * 100
+    half = n // 2  # does the growth slow down (bounded caches filling) or keep its pace?
+    late_growth = slope(list(range(half + 1, n + 1)), probe.rss[half:]) * 100
     over_growth = slope(list(range(1, n + 1)), over) * 100
     return {
         "trials": n,
@@ -232,7 +235,8 @@ def run_one(root: Path, name: str, trials: int, concurrent: int, mark: int,
         "driver_cpu_s_per_trial": round(cpu / n, 3),
         "driver_rss_mb": {f"at_trial_{mark}": round(probe.rss[mark - 1], 1),
                           "end": round(probe.rss[-1], 1),
-                          "growth_per_100_trials": round(growth, 2)},
+                          "growth_per_100_trials": round(growth, 2),
+                          "growth_per_100_trials_last_half": round(late_growth, 2)},
         "bytes_per_trial": {k: round((end_sizes[k] - at_mark[k]) / since)
                             for k in end_sizes},
         "store_bytes_end": end_sizes,

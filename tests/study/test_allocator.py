@@ -1,4 +1,4 @@
-"""study.run.allocator on this machine's real glibc: the settings take, and change what malloc does."""
+"""study.run.allocator on the real glibc: the settings take, and change what malloc does."""
 
 from __future__ import annotations
 
