@@ -20,6 +20,22 @@ that `metric_analysis` keeps). Those were most of what was left per trial: trace
 15 to 45 of the tiny study measured 84 KB of heap per trial with the metrics dropped, of which the
 deques held 15 KB, the run metadata's cached JSON 16 KB and the deserialised result copies 21 KB.
 
+What was left after that, by memray over trials 20 to 60 of the tiny study: the summaries of
+Tune's own keys (`time_this_iter_s`, `iterations_since_restore`, ...: ~9 KB per trial as Python
+objects), the run metadata's cached JSON (indented: ~9 KB), and the host, date and path keys of
+both kept checkpoints' results (pickled as hex inside that JSON). An ended trial now keeps the
+summary of its search metric(s) only (what `ExperimentAnalysis.get_best_trial` reads), its kept
+checkpoints keep the keys a restore from them reads (`CHECKPOINT_KEYS`, and the search metrics),
+and its run metadata is cached as compact JSON, which Tune's `from_json_state` reads the same.
+
+Tune's record of a trial also holds its whole config twice in its JSON (`config` and the
+unresolved config), its tag spelling out every key of it (~900 characters), and the config dict:
+about 6 KB per trial, the same constants in each but the searched values. An ended trial keeps
+its searched values and `epochs` (what a resumed study's end status reads); each trial's
+`params.json` in the Ray results (written when it starts), the MLflow run's params and the
+study's `config.yaml` keep the whole config, so Tune's ResultGrid of a study shows an ended
+trial's searched keys only.
+
 Ray 2.60 also remembers, in `ray.util.debug`'s log-once set, the text of every deque its JSON
 encoder could not encode (one entry per metric per snapshot of a running trial, ~40 KB per
 trial); those entries only ever silence a debug line, and are cleared here too.
@@ -27,11 +43,14 @@ trial); those entries only ever silence a debug line, and are cleared here too.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.search.variant_generator import format_vars
+from ray.tune.utils.serialization import TuneFunctionEncoder
 
 from analysis.contract import is_trial_metric
 
@@ -39,6 +58,13 @@ from analysis.contract import is_trial_metric
 ENCODER_LOG_ONCE = "tune_func_encode:"
 # Tune's copies, in every result, of the trial's own `trial.config` and `trial.experiment_tag`
 TUNE_COPIES = frozenset({"config", "experiment_tag"})
+# What a kept checkpoint's result must still say: a trainable restored from it reads its
+# iteration and time (Trainable.restore), and the epoch and status say which one it is
+CHECKPOINT_KEYS = frozenset({"training_iteration", "time_total_s", "epoch", "done",
+                             "trial_status"})
+# What nctune's driver reads from an ended trial's config: its planned epochs (a resumed
+# study's end status of the trial, study.run.tracking.end_status), beside the searched values
+ENDED_CONFIG_KEYS = frozenset({"epochs"})
 
 
 class StepWindows(dict):
@@ -67,8 +93,17 @@ class CompactFinishedTrials(Callback):
     so the snapshot's JSON is rebuilt from the compact record.
     """
 
-    def __init__(self, keep: list[str]) -> None:
+    def __init__(self, keep: list[str], searched: Iterable[str] = ()) -> None:
         self.keep = frozenset(keep)
+        self.searched = frozenset(searched)
+
+    def summarised(self, key: str) -> bool:
+        """Whether Tune keeps `key`'s summary (max, min, means) for an ended trial."""
+        return key in self.keep
+
+    def checkpointed(self, key: str) -> bool:
+        """Whether a kept checkpoint's result keeps `key` once its trial has ended."""
+        return key in self.keep or key in CHECKPOINT_KEYS
 
     def dropped(self, key: str) -> bool:
         """Whether `key` leaves Tune's record of an ended trial: a contract metric not searched,
@@ -77,30 +112,60 @@ class CompactFinishedTrials(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune hook: the trial ended; keep only what Tune and a resume still read."""
-        compact_trial(trial, self.dropped)
+        compact_trial(trial, self.dropped, self.summarised, self.checkpointed)
+        keep_searched_config(trial, self.searched)
         forget_encoder_log()
 
 
-def compact_trial(trial: Any, dropped: Any) -> None:
-    """Remove the `dropped(key)` keys from the trial's last result, metric summaries and kept
-    checkpoints' results, and its window deques (their means stay in `metric_analysis`).
+def compact_trial(trial: Any, dropped: Any, summarised: Any = None,
+                  checkpointed: Any = None) -> None:
+    """Remove the `dropped(key)` keys from the trial's last result, the summaries of all but
+    the `summarised(key)` keys, all but the `checkpointed(key)` keys from its kept checkpoints'
+    results (by default: the keys not dropped), and its window deques (their means stay in
+    `metric_analysis`); then cache the run metadata as compact JSON.
 
     Each assignment to a `run_metadata` attribute clears its cached JSON (Tune's own
-    `__setattr__`), so the next snapshot writes the compact record.
+    `__setattr__`); the cache set last is what Tune's next snapshot writes.
     """
     meta = getattr(trial, "run_metadata", None)
     if meta is None:
         return
+    summarised = summarised or (lambda key: not dropped(key))
+    checkpointed = checkpointed or (lambda key: not dropped(key))
     meta.last_result = {k: v for k, v in (meta.last_result or {}).items() if not dropped(k)}
-    meta.metric_analysis = {k: v for k, v in meta.metric_analysis.items() if not dropped(k)}
+    meta.metric_analysis = {k: v for k, v in meta.metric_analysis.items() if summarised(k)}
     meta.metric_n_steps = StepWindows(getattr(meta, "_n_steps", (5, 10)))
     # Tune's checkpoint manager keeps the whole result each kept checkpoint was reported with
-    # (`search.max_failures` restores read Tune's own keys from it: they stay).
+    # (a `search.max_failures` restore of a running trial reads its iteration and time).
     manager = meta.checkpoint_manager
     if manager is not None:
         for kept in getattr(manager, "_checkpoint_results", []):
-            kept.metrics = {k: v for k, v in (kept.metrics or {}).items() if not dropped(k)}
+            kept.metrics = {k: v for k, v in (kept.metrics or {}).items() if checkpointed(k)}
         meta.checkpoint_manager = manager  # clears the cached JSON that pickled the old ones
+    meta._cached_json = compact_json(meta)
+
+
+def keep_searched_config(trial: Any, searched: frozenset[str]) -> None:
+    """Keep, of an ended trial's config, its `searched` values and `ENDED_CONFIG_KEYS`; its tag
+    becomes Tune's trial index and the searched values (`3_dropout=0.1,lr=0.01`)."""
+    config = getattr(trial, "config", None)
+    if not isinstance(config, dict):
+        return
+    small = {k: v for k, v in config.items() if k in searched or k in ENDED_CONFIG_KEYS}
+    trial.config = small
+    if hasattr(trial, "_Trial__unresolved_config"):  # the same dict, until now
+        trial._Trial__unresolved_config = small
+    index = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    values = format_vars({(k,): small[k] for k in sorted(searched) if k in small})
+    trial.experiment_tag = f"{index}_{values}" if values else index
+    trial.invalidate_json_state()
+
+
+def compact_json(meta: Any) -> str:
+    """The run metadata's JSON as Tune's `get_json_state` writes it, without the indentation;
+    `_TrainingRunMetadata.from_json_state` reads either."""
+    data = {k: v for k, v in meta.__dict__.items() if k != "_cached_json"}
+    return json.dumps(data, separators=(",", ":"), cls=TuneFunctionEncoder)
 
 
 def forget_encoder_log() -> None:

@@ -185,7 +185,8 @@ def study_callbacks(cfg: StudyConfig, state: StudyState,
     # training.keep_checkpoints: evaluated keeps every evaluated epoch's weights for `nctune
     # probe`, beside Tune's newest two: Tune's own retention, and so resume, stays as it is.
     keep = [KeepEvaluatedWeights()] if cfg.training.keep_checkpoints == "evaluated" else []
-    return [tracker, progress, *keep, *extra, CompactFinishedTrials(cfg.search.metrics())]
+    compact = CompactFinishedTrials(cfg.search.metrics(), cfg.searched())
+    return [tracker, progress, *keep, *extra, compact]
 
 
 def quiet_ray_output() -> None:

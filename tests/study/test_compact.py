@@ -62,8 +62,11 @@ def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest(
     assert trial.last_result[SEARCHED] == pytest.approx(0.6)
     assert meta.metric_analysis[SEARCHED]["max"] == pytest.approx(0.6)
     assert trial.last_result["epoch"] == 2 and trial.last_result["node_id"] == "n1"
-    assert meta.metric_analysis["time_total_s"]["last"] == 3.0  # Tune's own keys stay
-    assert meta.metric_analysis["epoch"]["last-5-avg"] == 1.5  # the windows' means stay
+    assert trial.last_result["time_total_s"] == 3.0  # Tune's own keys stay in the last result
+    # only the search metric's summary stays (what ExperimentAnalysis.get_best_trial reads),
+    # with the windows' means
+    assert set(meta.metric_analysis) == {SEARCHED}
+    assert meta.metric_analysis[SEARCHED]["last-5-avg"] == pytest.approx(0.55)
     assert isinstance(meta.metric_n_steps, StepWindows) and not meta.metric_n_steps
     # Tune's copies of the trial's config and tag go; the trial's own record keeps them
     assert "config" not in trial.last_result and "experiment_tag" not in trial.last_result
@@ -71,17 +74,35 @@ def test_an_ended_trial_keeps_what_tune_and_a_resume_read_and_drops_the_rest(
     assert end_status(trial) == status == "completed"
     kept = trial.run_metadata.checkpoint_manager._checkpoint_results
     assert [r.metrics["epoch"] for r in kept] == [1, 2]
-    assert all(SEARCHED in r.metrics and not set(DROPPED) & set(r.metrics) for r in kept)
-    assert not any({"config", "experiment_tag"} & set(r.metrics) for r in kept)
+    # a kept checkpoint keeps what a restore from it reads, and the search metric
+    assert all(set(r.metrics) == {SEARCHED, "epoch", "training_iteration", "time_total_s",
+                                  "trial_status"} for r in kept)
+    assert [(r.metrics["training_iteration"], r.metrics["time_total_s"]) for r in kept] == [
+        (1, 1.5), (2, 3.0)]
     assert trial.run_metadata.checkpoint_manager.latest_checkpoint_result is kept[-1]
     # The snapshot Tune writes next is rebuilt from the compact record, and restores to it.
     compact_json = meta.get_json_state()
-    assert len(compact_json) < len(full_json)
+    assert len(compact_json) < len(full_json) and "\n" not in compact_json
     assert all(key in full_json and key not in compact_json for key in DROPPED)
     restored = _TrainingRunMetadata.from_json_state(compact_json)
     assert restored.last_result == trial.last_result
-    assert set(restored.metric_analysis) == set(meta.metric_analysis)
+    assert restored.metric_analysis == meta.metric_analysis
     assert restored.metric_n_steps == {}
+    restored_kept = restored.checkpoint_manager._checkpoint_results
+    assert [r.metrics for r in restored_kept] == [r.metrics for r in kept]
+
+
+def test_the_compact_json_is_what_tune_would_write_less_the_indentation(
+        tmp_path: Path) -> None:
+    """The cached JSON is Tune's own, re-indented: same record, fewer characters."""
+    trial = finished_trial(tmp_path)
+    compact_trial(trial, lambda key: key in DROPPED)
+    meta = trial.run_metadata
+    compact = meta.get_json_state()
+    meta.invalidate_cache()
+    tunes = meta.get_json_state()
+    assert tunes != compact and json.loads(tunes) == json.loads(compact)
+    assert len(compact) < len(tunes)
 
 
 def test_a_result_after_compaction_is_tracked_again_without_error(tmp_path: Path) -> None:
@@ -116,6 +137,25 @@ def test_the_compactor_runs_after_every_other_study_callback(tmp_path: Path) -> 
     callbacks = study_callbacks(cfg, state, [extra])
     assert isinstance(callbacks[-1], CompactFinishedTrials) and callbacks[-2] is extra
     assert callbacks[-1].keep == frozenset(cfg.search.metrics())
+    assert callbacks[-1].searched == frozenset(cfg.searched()) != frozenset()
+
+
+def test_an_ended_trial_keeps_its_searched_config_and_a_short_tag(tmp_path: Path) -> None:
+    """The constants leave Tune's record (params.json, MLflow, config.yaml keep them); what
+    the driver reads after the end stays, and a resume restores the small record."""
+    trial = finished_trial(tmp_path)
+    trial.config.update({"lr": 0.1, "backbone": "resnet18", "dataset": "glyphs"})
+    trial.experiment_tag = "7_backbone=resnet18,dataset=glyphs,epochs=2,lr=0.1000"
+    status = end_status(trial)
+    CompactFinishedTrials([SEARCHED], ["lr"]).on_trial_complete(0, [trial], trial)
+    assert trial.config == {"epochs": 2, "lr": 0.1}
+    assert trial.experiment_tag == "7_lr=0.1000"
+    assert end_status(trial) == status == "completed"
+    # the snapshot's record, which a resume restores the trial from (real resumes of
+    # compacted trials: tests/study/test_reliability_kill.py)
+    state = json.loads(trial.get_json_state()[0])
+    assert state["config"] == state["_Trial__unresolved_config"] == {"epochs": 2, "lr": 0.1}
+    assert state["experiment_tag"] == "7_lr=0.1000" and state["trial_id"] == trial.trial_id
 
 
 @pytest.mark.slow
