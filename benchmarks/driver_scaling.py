@@ -33,8 +33,9 @@ the stores grow per trial as the demo's do), width and epochs fixed; one trial a
   plain process at Ray's worker niceness (checkpoint written to a temporary folder per epoch, as
   the trainable does) -- `tune_over_bare` is the study's seconds per trial over the bare
   trainable's; and `--compare` runs the same study a second time with the driver of before the
-  fixes (`fixes_off`: study.run.compact's callback does nothing, and study.run.allocator's
-  malloc settings are not applied), printing the ratios.
+  fixes (`fixes_off`: study.run.compact's callback does nothing, study.run.allocator's
+  malloc settings are not applied, and study.run.sqlite_cache leaves SQLite's page caches at
+  their default), printing the ratios.
 
 Each study runs in a fresh process (spawned) with its own local Ray, as a user's `nctune study`
 does: neither study inherits the other's memory or allocator state. The glyph cache
@@ -175,15 +176,18 @@ def p95(values: list[float]) -> float:
 @contextmanager
 def fixes_off() -> Iterator[None]:
     """The driver as it was before the fixes: ended trials keep every metric in Tune
-    (study.run.compact's callback does nothing) and glibc's allocator keeps its defaults
-    (study.run.allocator is not applied)."""
-    saved = compact.CompactFinishedTrials.on_trial_complete, tuner.settle_allocator
+    (study.run.compact's callback does nothing), glibc's allocator keeps its defaults
+    (study.run.allocator is not applied) and SQLite its page cache (study.run.sqlite_cache)."""
+    saved = (compact.CompactFinishedTrials.on_trial_complete, tuner.settle_allocator,
+             tuner.cap_sqlite_cache)
     compact.CompactFinishedTrials.on_trial_complete = tune.Callback.on_trial_complete  # type: ignore[method-assign]
     tuner.settle_allocator = lambda: False
+    tuner.cap_sqlite_cache = lambda: None
     try:
         yield
     finally:
-        compact.CompactFinishedTrials.on_trial_complete, tuner.settle_allocator = saved  # type: ignore[method-assign]
+        (compact.CompactFinishedTrials.on_trial_complete, tuner.settle_allocator,  # type: ignore[method-assign]
+         tuner.cap_sqlite_cache) = saved
 
 
 def run_one(root: Path, name: str, trials: int, concurrent: int, mark: int,

@@ -26,6 +26,7 @@ from study.run.allocator import settle_allocator
 from study.run.compact import CompactFinishedTrials
 from study.run.optuna_store import TRIAL_ID_ATTR, mark_orphans, open_storage, storage_url
 from study.run.progress import ProgressPrinter
+from study.run.sqlite_cache import cap_sqlite_cache
 from study.run.state import StudyState
 from study.run.trial_logger import MLflowTrialLogger
 from study.space import fixed_values, optuna_space
@@ -36,10 +37,11 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
     """Join `address` (or $RAY_ADDRESS); else start a local Ray that listens on 127.0.0.1 only,
     with token authentication on (Ray's default, never turned off here) and no dashboard unless
     asked for (then on 127.0.0.1 too). First the driver's allocator is settled (allocator.py),
-    before Ray's threads take their arenas."""
+    before Ray's threads take their arenas, and its SQLite page caches capped (sqlite_cache.py)."""
     import ray
 
     settle_allocator()
+    cap_sqlite_cache()
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return
