@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
 CACHE_KIB = 256
-CAPPED = "nctune.cache_capped"  # the flag in a pooled connection's record
+CAPPED = "sqlite_cache_capped"  # the flag in a pooled connection's record
 
 
 def cap_sqlite_cache() -> None:
